@@ -1,0 +1,24 @@
+PY ?= python
+.PHONY: all fmt lint types test bench bench-smoke
+
+all: lint types test bench-smoke
+
+fmt:
+	ruff format relay tests bench
+	ruff check --fix relay tests bench
+
+lint:
+	ruff format --check relay tests bench
+	ruff check relay tests bench
+
+types:
+	mypy relay
+
+test:
+	$(PY) -m pytest -q
+
+bench:
+	$(PY) -m bench
+
+bench-smoke:
+	$(PY) -m bench --smoke

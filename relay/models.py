@@ -1,0 +1,122 @@
+"""Plain data that crosses module boundaries: records going in, deliveries going out."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class CallRecord:
+    """One valid upstream record, ready to store.
+
+    ``call_ts`` is the upstream's own ``call_timestamp`` text (``YYYY-MM-DD HH:MM:SS`` in the
+    upstream's zone), which sorts chronologically as text. ``body`` is the complete webhook body
+    (the envelope around the verbatim record), built once so every attempt sends the same bytes.
+    """
+
+    rid: int
+    call_ts: str
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Quarantined:
+    """A record that could not be accepted (no usable rid or call_timestamp), kept with why."""
+
+    raw: bytes
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class IngestBatch:
+    """Everything one successful poll of one account produced, committed in one transaction.
+
+    ``subscribers`` are the names of the subscribers that receive this account's records.
+    ``cursor`` is the newest upstream ``call_timestamp`` the account has now seen (or None to
+    leave it). With ``seed_only`` the records are remembered as seen but not delivered (used by
+    ``start_from: now`` on the first poll).
+    """
+
+    account: str
+    records: list[CallRecord]
+    subscribers: list[str]
+    received_at: float
+    cursor: str | None
+    quarantined: list[Quarantined] = field(default_factory=list)
+    seed_only: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    """What an ingest did: the rids newly stored, and how many were already known."""
+
+    new_rids: list[int]
+    duplicates: int
+
+
+@dataclass(frozen=True, slots=True)
+class AccountCursor:
+    """Durable per-account poll position.
+
+    ``newest`` is the newest ``call_timestamp`` seen (None before the first successful poll);
+    ``last_sweep`` is the wall-clock time of the last full look-back sweep.
+    """
+
+    newest: str | None
+    last_sweep: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One claimed delivery: one record to one subscriber."""
+
+    id: int
+    subscriber: str
+    account: str
+    rid: int
+    body: bytes
+    attempts: int
+
+
+class Outcome(enum.Enum):
+    """What happens to a delivery after an attempt."""
+
+    DELIVERED = "delivered"
+    RETRY = "retry"
+    DEAD = "dead"
+    GONE = "gone"  # 410: the subscriber is disabled; the delivery waits, it is not dropped
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """The record of one HTTP attempt."""
+
+    at: float
+    status: int | None
+    error: str | None
+    latency_ms: float
+    response: str
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """The result of one attempt, to be written back: the outcome and, for RETRY, when."""
+
+    delivery_id: int
+    attempt: Attempt
+    outcome: Outcome
+    next_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A delivery whose retry schedule ran out, kept for inspection and replay."""
+
+    id: int
+    subscriber: str
+    account: str
+    rid: int
+    attempts: int
+    last_error: str | None
+    dead_at: float
