@@ -1,0 +1,57 @@
+"""Small asyncio helpers shared by the long-running loops."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+async def wait_or_stop(stop: asyncio.Event, delay: float) -> bool:
+    """Sleep ``delay`` seconds or until ``stop`` is set. Returns True if stopped."""
+    if stop.is_set():
+        return True
+    if delay <= 0:
+        return False
+    try:
+        await asyncio.wait_for(stop.wait(), timeout=delay)
+    except TimeoutError:
+        return False
+    return True
+
+
+async def wait_any(events: list[asyncio.Event], timeout: float | None) -> None:  # noqa: ASYNC109
+    """Return when any event is set or after ``timeout`` seconds (None: no limit)."""
+    if any(e.is_set() for e in events):
+        return
+    waiters = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        # Cancelled waiters leave nothing behind, even when we are cancelled ourselves.
+        for w in waiters:
+            w.cancel()
+
+
+async def unless_stopped(stop: asyncio.Event, aw: Awaitable[T]) -> T | None:
+    """Await ``aw`` but give up (cancelling it) as soon as ``stop`` is set. None if stopped."""
+    task = asyncio.ensure_future(aw)
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait([task, stopper], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        # Swallow only the child's cancellation; if we ourselves are being cancelled,
+        # re-raise so the caller's cancellation is never lost.
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise
+    return None

@@ -1,0 +1,244 @@
+"""Per-subscriber delivery: claim due deliveries in batches, POST them with bounded
+concurrency, and hand every result to one batching writer.
+
+Each subscriber has its own claimer and its own ``max_in_flight`` workers, so a slow, failing or
+dead subscriber only ever occupies its own workers. Pending deliveries live in the store; only a
+small claimed buffer (at most twice ``max_in_flight``) is ever in memory, so memory does not grow
+with the backlog.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+
+from relay.aio import wait_any
+from relay.config import DeliverySettings, SubscriberSettings
+from relay.errors import StoreError
+from relay.models import Delivery, Finished, Outcome
+from relay.retry import Verdict, classify, next_attempt_at
+from relay.sender import AttemptOutcome, Sender
+from relay.store.base import Store
+
+log = logging.getLogger(__name__)
+
+IDLE_RECHECK = 5.0  # even with nothing due, look at the store this often (replays, re-enables)
+STORE_RETRY = 1.0
+RESULT_LAG = 0.05  # how long a just-finished result may sit in the write batch
+
+
+class ResultWriter:
+    """Collects attempt results from every worker and writes them in batched transactions.
+
+    One commit per delivery caps SQLite at a few thousand per second; batching keeps the store
+    off the critical path. A crash between a POST and the flush only causes a redelivery with
+    the same webhook-id (at-least-once), never a loss.
+    """
+
+    def __init__(self, store: Store, max_batch: int = 512, max_delay: float = 0.02) -> None:
+        self._store = store
+        self._max_batch = max_batch
+        self._max_delay = max_delay
+        self._pending: list[Finished] = []
+        self._wake = asyncio.Event()
+        self._full = asyncio.Event()
+        self.written = 0
+
+    def put(self, result: Finished) -> None:
+        self._pending.append(result)
+        self._wake.set()
+        if len(self._pending) >= self._max_batch:
+            self._full.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Flush continuously until ``stop``; then flush what is left and return."""
+        while not stop.is_set():
+            await wait_any([self._wake, stop], timeout=None)
+            # A short pause lets a burst of results gather into one transaction.
+            await wait_any([self._full, stop], timeout=self._max_delay)
+            self._wake.clear()
+            self._full.clear()
+            if not await self.flush():
+                await wait_any([stop], timeout=STORE_RETRY)
+        if not await self.flush():
+            # The store refuses writes at shutdown: these deliveries stay leased in the store
+            # and are retried after a restart (at-least-once), never lost.
+            log.error("could not record %d delivery results at shutdown", len(self._pending))
+
+    async def flush(self) -> bool:
+        """Write everything pending now. Returns False if the store refused (kept for later)."""
+        while self._pending:
+            batch = self._pending[: self._max_batch]
+            try:
+                await self._store.finish(batch)
+            except StoreError as exc:
+                log.error("cannot record delivery results (will retry): %s", exc)
+                return False
+            del self._pending[: len(batch)]
+            self.written += len(batch)
+        return True
+
+
+class SubscriberDispatcher:
+    """Delivers one subscriber's queue. The supervisor runs ``claim_loop`` and the workers."""
+
+    def __init__(
+        self,
+        subscriber: SubscriberSettings,
+        delivery: DeliverySettings,
+        store: Store,
+        sender: Sender,
+        results: ResultWriter,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.sub = subscriber
+        self.name = subscriber.name
+        self._store = store
+        self._sender = sender
+        self._results = results
+        self._clock = clock
+        self._capacity = 2 * subscriber.max_in_flight
+        self._batch = min(delivery.batch_size, self._capacity)
+        # A claimed delivery may wait behind one full buffer before its POST; the lease must
+        # outlive that wait, or the claimer would take it again.
+        self._lease = subscriber.timeout * 3 + delivery.lease_margin
+        self._queue: asyncio.Queue[Delivery] = asyncio.Queue()
+        self._held: set[int] = set()  # claimed and not yet finished (queued or in flight)
+        self.wake = asyncio.Event()
+        self._space = asyncio.Event()
+        self.disabled = False
+        self._soonest: float | None = None  # earliest retry we scheduled and may not see yet
+
+    async def claim_loop(self, stop: asyncio.Event) -> None:
+        """Keep the local buffer topped up from the store until ``stop``."""
+        while not stop.is_set():
+            room = self._capacity - len(self._held)
+            if room * 2 < self._capacity:
+                # Buffer still at least half full: wait for workers to make room.
+                self._space.clear()
+                await wait_any([self._space, stop], timeout=IDLE_RECHECK)
+                continue
+            self.wake.clear()
+            try:
+                claimed = await self._store.claim(
+                    self.name, min(room, self._batch), self._clock(), self._lease
+                )
+            except StoreError as exc:
+                log.error("cannot claim deliveries: %s", exc, extra={"subscriber": self.name})
+                await wait_any([stop], timeout=STORE_RETRY)
+                continue
+            if claimed and self._soonest is not None and self._soonest <= self._clock():
+                self._soonest = None
+            for d in claimed:
+                if d.id not in self._held:
+                    self._held.add(d.id)
+                    self._queue.put_nowait(d)
+            if len(claimed) == min(room, self._batch) and claimed:
+                continue  # more may be due right now
+            await wait_any([self.wake, stop], timeout=await self._idle_timeout())
+
+    async def _idle_timeout(self) -> float:
+        now = self._clock()
+        if self._soonest is not None:
+            if self._soonest > now:
+                return min(IDLE_RECHECK, self._soonest - now)
+            if self._soonest > now - 1.0:
+                # A retry is due but its result may still be in the write batch: look again
+                # shortly rather than trusting the store's stale view.
+                return RESULT_LAG
+            self._soonest = None
+        try:
+            due = await self._store.next_due(self.name)
+        except StoreError:
+            return STORE_RETRY
+        if due is None:
+            return IDLE_RECHECK
+        return max(0.0, min(IDLE_RECHECK, due - now))
+
+    async def worker(self, stop: asyncio.Event) -> None:
+        """Send queued deliveries one at a time until ``stop`` (the in-flight one finishes)."""
+        while not stop.is_set():
+            if self._queue.empty():
+                getter = asyncio.ensure_future(self._queue.get())
+                stopper = asyncio.ensure_future(stop.wait())
+                try:
+                    await asyncio.wait([getter, stopper], return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    stopper.cancel()
+                if not getter.done():
+                    getter.cancel()
+                    return
+                delivery = getter.result()
+            else:
+                delivery = self._queue.get_nowait()
+            await self._deliver(delivery)
+
+    async def _deliver(self, delivery: Delivery) -> None:
+        try:
+            outcome = await self._sender.send(delivery)
+            finished = self._decide(delivery, outcome)
+            self._results.put(finished)
+        except asyncio.CancelledError:
+            raise  # stays held: released at shutdown, due again after restart
+        except BaseException:
+            # A bug, not a receiver fault: forget the claim so its lease expiry brings it back.
+            self._held.discard(delivery.id)
+            raise
+        self._held.discard(delivery.id)
+        self._space.set()
+        self._log(delivery, outcome, finished)
+
+    def _decide(self, delivery: Delivery, outcome: AttemptOutcome) -> Finished:
+        attempts = delivery.attempts + 1
+        verdict = classify(outcome.status, retry_on_4xx=self.sub.retry_on_4xx)
+        if verdict is Verdict.SUCCESS:
+            return Finished(delivery.id, outcome.attempt, Outcome.DELIVERED)
+        if verdict is Verdict.GONE:
+            self.disabled = True
+            return Finished(delivery.id, outcome.attempt, Outcome.GONE)
+        if verdict is Verdict.RETRY:
+            next_at = next_attempt_at(
+                self.sub.retry,
+                attempts,
+                outcome.attempt.at,
+                jitter=random.random(),
+                retry_after=outcome.retry_after,
+                max_retry_after=self.sub.max_retry_after,
+            )
+            if next_at is not None:
+                # Remember the earliest retry so the claimer wakes for it without polling.
+                if self._soonest is None or next_at < self._soonest:
+                    self._soonest = next_at
+                    self.wake.set()
+                return Finished(delivery.id, outcome.attempt, Outcome.RETRY, next_at)
+        return Finished(delivery.id, outcome.attempt, Outcome.DEAD)
+
+    def _log(self, delivery: Delivery, outcome: AttemptOutcome, finished: Finished) -> None:
+        fields = {
+            "account": delivery.account,
+            "rid": delivery.rid,
+            "subscriber": self.name,
+            "webhook_id": outcome.webhook_id,
+            "attempt": delivery.attempts + 1,
+            "status": outcome.status,
+            "latency_ms": round(outcome.attempt.latency_ms, 1),
+        }
+        if finished.outcome is Outcome.DELIVERED:
+            log.info("delivered", extra=fields)
+            return
+        fields["error"] = outcome.attempt.error
+        if finished.outcome is Outcome.RETRY:
+            assert finished.next_at is not None
+            fields["next_in"] = f"{finished.next_at - outcome.attempt.at:.0f}s"
+            log.warning("attempt failed, will retry", extra=fields)
+        elif finished.outcome is Outcome.GONE:
+            log.error("subscriber answered 410 Gone: disabled, deliveries kept", extra=fields)
+        else:
+            log.error("dead-lettered: retries exhausted or not retryable", extra=fields)
+
+    def unfinished(self) -> list[int]:
+        """Ids claimed but not finished: released at shutdown so they go out after restart."""
+        return sorted(self._held)

@@ -1,0 +1,264 @@
+"""One account's poll loop: plan a window, fetch, validate, ingest durably, move the cursor.
+
+Detection rests on three things (see the README's design notes):
+
+* the cursor is the newest ``call_timestamp`` the upstream has shown us (its clock, not ours);
+* every poll re-reads a short ``recent_window`` behind it, and every ``sweep_interval`` a full
+  ``lookback``, because a call's record is written when the call ends but stamped when it began;
+* every rid is de-duplicated in durable storage in the same transaction that stores the record.
+
+A failure anywhere before the ingest commit leaves the cursor where it was, so the next poll
+re-reads the same window: nothing is skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import orjson
+
+from relay.aio import unless_stopped, wait_or_stop
+from relay.budget import KeyBudget
+from relay.config import AccountSettings, Settings
+from relay.envelope import build_body
+from relay.errors import (
+    StoreError,
+    StoreFull,
+    UpstreamAuthError,
+    UpstreamError,
+    UpstreamRateLimited,
+)
+from relay.models import AccountCursor, CallRecord, IngestBatch, Quarantined
+from relay.retry import upstream_backoff
+from relay.store.base import Store
+from relay.upstream import Credentials, WebFonesClient
+from relay.window import (
+    WindowPolicy,
+    advance_cursor,
+    plan_poll,
+    prune_before,
+    validate_records,
+)
+
+log = logging.getLogger(__name__)
+
+AUTH_RETRY = 900.0  # a rejected key is tried again every 15 minutes, in case it was fixed
+RATE_LIMIT_PAUSE = 60.0  # a 429 without Retry-After pauses the key this long
+BACKOFF_CAP = 300.0
+PRUNE_MARGIN = 3600.0  # de-dup memory is kept this much longer than the look-back
+
+
+class AccountPoller:
+    """Polls one account until ``stop`` is set. Owns no tasks; the supervisor runs ``run``."""
+
+    def __init__(
+        self,
+        account: AccountSettings,
+        settings: Settings,
+        store: Store,
+        client: WebFonesClient,
+        budget: KeyBudget,
+        notify: Callable[[list[str]], None],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        up = settings.upstream
+        self.name = account.name
+        self._credentials = Credentials(account.api_key.get_secret_value(), account.auth)
+        self._settings = settings
+        self._subscribers = [s.name for s in settings.subscribers_for(account.name)]
+        self._store = store
+        self._client = client
+        self._budget = budget
+        self._notify = notify
+        self._clock = clock
+        self._tz = ZoneInfo(up.timezone)
+        self._policy = WindowPolicy(
+            recent_window=up.recent_window,
+            lookback=up.lookback,
+            sweep_interval=up.sweep_interval,
+            start_from=up.start_from,
+        )
+        self._cursor = AccountCursor(newest=None, last_sweep=None)
+        self._status: tuple[str, str | None] | None = None
+        self.polls = 0  # successful polls, for status and tests
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Poll until ``stop`` is set, backing off on failures; never raises for upstream faults."""
+        self._cursor = await self._store.load_cursor(self.name)
+        failures = 0
+        while not stop.is_set():
+            delay = self._settings.upstream.poll_interval
+            try:
+                # A stop during a long budget wait or a slow fetch abandons the poll; an ingest
+                # that already started still commits or rolls back as a whole in the store.
+                await unless_stopped(stop, self.poll_once())
+                failures = 0
+                await self._set_status("ok", None)
+            except UpstreamAuthError as exc:
+                log.error(
+                    "API key rejected; account stopped, retrying in %ds",
+                    AUTH_RETRY,
+                    extra={"account": self.name, "status": exc.status},
+                )
+                await self._set_status("auth_failed", str(exc))
+                delay = AUTH_RETRY
+            except UpstreamRateLimited as exc:
+                pause = exc.retry_after if exc.retry_after is not None else RATE_LIMIT_PAUSE
+                self._budget.pause(pause)
+                log.warning(
+                    "rate limited by WebFones; pausing this API key for %.0fs",
+                    pause,
+                    extra={"account": self.name},
+                )
+                await self._set_status("rate_limited", str(exc))
+                delay = pause
+            except UpstreamError as exc:
+                failures += 1
+                delay = upstream_backoff(
+                    failures,
+                    base=self._settings.upstream.poll_interval,
+                    cap=BACKOFF_CAP,
+                    jitter=random.random(),
+                )
+                if exc.retry_after is not None:
+                    delay = max(delay, min(exc.retry_after, BACKOFF_CAP))
+                log.warning(
+                    "poll failed, cursor kept; retrying in %.1fs: %s",
+                    delay,
+                    exc,
+                    extra={"account": self.name, "attempt": failures},
+                )
+                await self._set_status("backing_off", str(exc))
+            except StoreFull:
+                failures += 1
+                delay = upstream_backoff(failures, base=1.0, cap=60.0, jitter=random.random())
+                log.error(
+                    "state disk is full: not taking new records until space returns",
+                    extra={"account": self.name},
+                )
+            except StoreError as exc:
+                failures += 1
+                delay = upstream_backoff(failures, base=1.0, cap=60.0, jitter=random.random())
+                log.error("state store error: %s", exc, extra={"account": self.name})
+            await wait_or_stop(stop, delay)
+
+    async def poll_once(self) -> int:
+        """One poll: fetch the planned window and ingest it. Returns how many records were new."""
+        now = self._clock()
+        plan = plan_poll(self._cursor.newest, self._cursor.last_sweep, now, self._policy, self._tz)
+        await self._budget.acquire()
+        result = await self._client.fetch(self._credentials, plan.since)
+        if result.count is not None and result.count != len(result.records):
+            log.warning(
+                "count says %d but %d records came; using the records",
+                result.count,
+                len(result.records),
+                extra={"account": self.name},
+            )
+        valid, invalid = validate_records(result.records)
+        received_at = self._clock()
+        records = [
+            CallRecord(v.rid, v.call_ts, build_body(self.name, received_at, v.record))
+            for v in valid
+        ]
+        quarantined = [Quarantined(_raw(raw), reason) for raw, reason in invalid]
+        for raw, reason in invalid:
+            log.warning(
+                "record kept aside: %s",
+                reason,
+                extra={"account": self.name, "rid": _rid_of(raw)},
+            )
+        cursor = advance_cursor(
+            self._cursor.newest,
+            (r.call_ts for r in records),
+            received_at,
+            self._tz,
+            self._settings.upstream.max_clock_skew,
+        )
+        batch = IngestBatch(
+            account=self.name,
+            records=records,
+            subscribers=self._subscribers,
+            received_at=received_at,
+            cursor=cursor,
+            quarantined=quarantined,
+            seed_only=plan.seed_only,
+        )
+        outcome = await self._store.ingest(batch)
+        last_sweep = self._cursor.last_sweep
+        if plan.sweep or plan.seed_only:
+            last_sweep = received_at
+            await self._store.mark_swept(self.name, received_at)
+            if cursor is not None:
+                await self._prune(cursor, received_at)
+        self._cursor = AccountCursor(newest=cursor, last_sweep=last_sweep)
+        self.polls += 1
+        self._log_new(outcome.new_rids, records, plan.seed_only)
+        if outcome.new_rids and not plan.seed_only and self._subscribers:
+            self._notify(self._subscribers)
+        log.debug(
+            "polled",
+            extra={
+                "account": self.name,
+                "since": plan.since,
+                "count": len(result.records),
+                "new": len(outcome.new_rids),
+            },
+        )
+        return len(outcome.new_rids)
+
+    def _log_new(self, new_rids: list[int], records: list[CallRecord], seed_only: bool) -> None:
+        if seed_only:
+            if new_rids:
+                log.info(
+                    "start_from=now: %d existing records remembered, not delivered",
+                    len(new_rids),
+                    extra={"account": self.name},
+                )
+            return
+        if not log.isEnabledFor(logging.INFO) or not new_rids:
+            return
+        fresh = set(new_rids)
+        for record in records:
+            if record.rid in fresh:
+                fresh.discard(record.rid)
+                log.info(
+                    "call received, queued for %d subscribers (call_timestamp %s)",
+                    len(self._subscribers),
+                    record.call_ts,
+                    extra={"account": self.name, "rid": record.rid},
+                )
+
+    async def _prune(self, cursor: str, now: float) -> None:
+        lookback = self._settings.upstream.lookback
+        horizon = prune_before(cursor, lookback, PRUNE_MARGIN)
+        forgotten = await self._store.prune_seen(self.name, horizon, now - lookback - PRUNE_MARGIN)
+        if forgotten:
+            log.debug("forgot %d old rids", forgotten, extra={"account": self.name})
+
+    async def _set_status(self, status: str, error: str | None) -> None:
+        # Written only on change: a healthy account costs no write per poll.
+        if self._status == (status, error):
+            return
+        self._status = (status, error)
+        try:
+            await self._store.set_account_status(self.name, status, error)
+        except StoreError as exc:
+            log.warning("cannot record account status: %s", exc, extra={"account": self.name})
+
+
+def _raw(value: Any) -> bytes:
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        return repr(value).encode()
+
+
+def _rid_of(value: Any) -> Any:
+    return value.get("rid") if isinstance(value, dict) else None

@@ -1,0 +1,254 @@
+"""Cursor and look-back arithmetic over the upstream's own timestamps, plus record validation.
+
+Upstream timestamps are naive ``YYYY-MM-DD HH:MM:SS`` text in the upstream's IANA zone. In that
+fixed-width format, text order is time order, so cursors are compared as text. The one exception
+is a DST fall-back hour: the repeated wall-clock hour sorts as if it happened once. The relay
+lives with that instead of guessing which pass a timestamp belongs to, because nothing is lost:
+look-back windows re-read every record stamped in that hour and rids are de-duplicated.
+
+Shifting a timestamp by N seconds ("newest minus the look-back") is done in real elapsed time
+(via UTC), reading ambiguous or skipped wall-clock text with ``fold=0``. Across a spring-forward gap
+that makes the window an hour wider in wall-clock terms, never narrower; inside a fall-back hour
+it resolves to the earlier pass, which again only widens the window.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+TS_FORMAT = "%Y-%m-%d %H:%M:%S"
+START_NOW = "now"
+RID_MAX = 2**63 - 1  # rids are stored as SQL BIGINT / SQLite INTEGER
+
+_TS = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2}) ([0-9]{2}):([0-9]{2}):([0-9]{2})", re.ASCII)
+_MIN_TEXT = "0001-01-01 00:00:00"
+_MAX_TEXT = "9999-12-31 23:59:59"
+
+
+def parse_ts(text: object) -> datetime | None:
+    """Parse ``YYYY-MM-DD HH:MM:SS`` strictly into a naive datetime; None if it is anything else.
+
+    Strict means: a ``str``, exactly that shape with zero-padded ASCII digits (``strptime`` would
+    also take ``2025-7-1 1:2:3``), no surrounding space, and a real calendar date and time.
+    """
+    if not isinstance(text, str):
+        return None
+    match = _TS.fullmatch(text)
+    if match is None:
+        return None
+    try:
+        year, month, day, hour, minute, second = map(int, match.groups())
+        return datetime(year, month, day, hour, minute, second)
+    except ValueError:
+        return None
+
+
+def format_ts(dt: datetime) -> str:
+    """Format ``dt`` as ``YYYY-MM-DD HH:MM:SS`` (fractions dropped; years below 1000 padded)."""
+    # Not strftime: glibc's %Y does not zero-pad years below 1000.
+    return (
+        f"{dt.year:04d}-{dt.month:02d}-{dt.day:02d} {dt.hour:02d}:{dt.minute:02d}:{dt.second:02d}"
+    )
+
+
+def upstream_now(now: float, tz: ZoneInfo) -> datetime:
+    """The upstream's wall-clock time at Unix time ``now``, as a naive datetime in ``tz``."""
+    return datetime.fromtimestamp(now, tz).replace(tzinfo=None)
+
+
+def _shift(local: datetime, seconds: float, tz: ZoneInfo) -> str:
+    """``local`` (naive, in ``tz``) moved by ``seconds`` of real time, formatted.
+
+    Results beyond datetime's range clamp to the first or last representable timestamp.
+    """
+    try:
+        # replace() keeps ``fold``: 0 for parsed text, the true pass for upstream_now().
+        instant = local.replace(tzinfo=tz).astimezone(UTC) + timedelta(seconds=seconds)
+        return format_ts(instant.astimezone(tz))
+    except OverflowError:
+        return _MIN_TEXT if seconds < 0 else _MAX_TEXT
+
+
+@dataclass(frozen=True, slots=True)
+class WindowPolicy:
+    """How far back each poll reads.
+
+    ``recent_window``: seconds re-read behind the cursor on every poll. ``lookback``: seconds
+    re-read on a sweep, every ``sweep_interval`` seconds, to catch records written late (a call's
+    record appears when it ends but is stamped when it began). ``start_from``: ``"now"`` or a
+    ``YYYY-MM-DD HH:MM:SS`` upstream timestamp to start from on the very first poll.
+    """
+
+    recent_window: float
+    lookback: float
+    sweep_interval: float
+    start_from: str
+
+
+@dataclass(frozen=True, slots=True)
+class PollPlan:
+    """What the next poll asks for: records after ``since`` (upstream text).
+
+    ``sweep``: this poll reads the full look-back (so the caller records the sweep time).
+    ``seed_only``: remember the records as seen but deliver none of them.
+    """
+
+    since: str
+    sweep: bool
+    seed_only: bool
+
+
+def plan_poll(
+    newest: str | None,
+    last_sweep: float | None,
+    now: float,
+    policy: WindowPolicy,
+    tz: ZoneInfo,
+) -> PollPlan:
+    """Plan the next poll from the cursor (``newest``) and the last sweep time.
+
+    * First poll with ``start_from="now"``: read the last ``lookback`` and only *seed* from it:
+      records that already exist are marked seen without delivery (so a late record from before
+      the relay started is not delivered as new later) and the cursor is set. Reading the whole
+      look-back makes this a sweep too.
+    * First poll with a start timestamp: read (and deliver) everything after it, as a sweep.
+    * Later polls: a sweep from ``newest - lookback`` when one is due (never swept, at least
+      ``sweep_interval`` since the last, or the wall clock went backwards past the last sweep),
+      otherwise ``newest - recent_window``.
+
+    A cursor that does not parse (it never should: only validated timestamps become cursors) is
+    treated as lost: the plan sweeps back ``lookback`` from the upstream's now and delivers,
+    trusting rid de-duplication, rather than re-seeding and silently skipping records.
+    ``ValueError`` if ``start_from`` is neither ``"now"`` nor a valid timestamp.
+    """
+    if newest is None:
+        if policy.start_from == START_NOW:
+            since = _shift(upstream_now(now, tz), -policy.lookback, tz)
+            return PollPlan(since=since, sweep=True, seed_only=True)
+        start = parse_ts(policy.start_from)
+        if start is None:
+            raise ValueError("start_from must be 'now' or a YYYY-MM-DD HH:MM:SS timestamp")
+        return PollPlan(since=format_ts(start), sweep=True, seed_only=False)
+    cursor = parse_ts(newest)
+    if cursor is None:
+        since = _shift(upstream_now(now, tz), -policy.lookback, tz)
+        return PollPlan(since=since, sweep=True, seed_only=False)
+    due = (
+        last_sweep is None
+        or now - last_sweep >= policy.sweep_interval
+        or now < last_sweep  # the wall clock moved back: sweeping is the safe side
+    )
+    if due:
+        return PollPlan(since=_shift(cursor, -policy.lookback, tz), sweep=True, seed_only=False)
+    return PollPlan(since=_shift(cursor, -policy.recent_window, tz), sweep=False, seed_only=False)
+
+
+def advance_cursor(
+    current: str | None,
+    call_timestamps: Iterable[str],
+    now: float,
+    tz: ZoneInfo,
+    max_clock_skew: float,
+) -> str | None:
+    """The new cursor: the newest of ``current`` and every plausible timestamp just seen.
+
+    A timestamp more than ``max_clock_skew`` seconds ahead of the upstream's now is not
+    plausible: its record is still delivered, but the cursor must not follow it into the future,
+    where the recent window would no longer cover the real, current records. Timestamps that do
+    not parse are ignored. The cursor never moves backwards.
+    """
+    limit = _shift(upstream_now(now, tz), max_clock_skew, tz)
+    best = current
+    for ts in call_timestamps:
+        # Valid text in this format compares like the times it names.
+        if parse_ts(ts) is not None and ts <= limit and (best is None or ts > best):
+            best = ts
+    return best
+
+
+def prune_before(newest: str, lookback: float, margin: float) -> str:
+    """The ``call_timestamp`` below which remembered rids can be forgotten.
+
+    That is ``newest - lookback - margin``: no future poll reads further back than
+    ``newest - lookback``, and ``margin`` covers clock oddities (DST, skew). Plain wall-clock
+    arithmetic (no zone) is enough here: the margin dwarfs a DST hour. ``ValueError`` if
+    ``newest`` does not parse.
+    """
+    cursor = parse_ts(newest)
+    if cursor is None:
+        raise ValueError("newest is not a YYYY-MM-DD HH:MM:SS timestamp")
+    try:
+        return format_ts(cursor - timedelta(seconds=lookback + margin))
+    except OverflowError:
+        return _MIN_TEXT
+
+
+@dataclass(frozen=True, slots=True)
+class ValidRecord:
+    """A record that passed validation: its rid as an int, its timestamp text, the record as is."""
+
+    rid: int
+    call_ts: str
+    record: dict[str, Any]
+
+
+def _check(raw: Any) -> tuple[int, str] | str:
+    """(rid, call_ts) for an acceptable record, else the reason it is not."""
+    if not isinstance(raw, dict):
+        return "record is not an object"
+    rid = raw.get("rid")
+    if rid is None:
+        return "rid missing"
+    if isinstance(rid, str) and rid.isascii() and rid.isdigit():
+        if len(rid) > 19:  # also keeps int() clear of its huge-string guard
+            return "rid out of range"
+        rid = int(rid)  # only our copy: the record itself keeps the upstream's string
+    if not isinstance(rid, int) or isinstance(rid, bool) or rid < 0:
+        return "rid not an integer"
+    if rid > RID_MAX:
+        return "rid out of range"
+    ts = raw.get("call_timestamp")
+    if ts is None:
+        return "call_timestamp missing"
+    if not isinstance(ts, str) or parse_ts(ts) is None:
+        return "call_timestamp malformed"
+    return rid, ts
+
+
+def validate_records(
+    records: list[Any],
+) -> tuple[list[ValidRecord], list[tuple[Any, str]]]:
+    """Split one response's records into valid ones and rejects (each with a short reason).
+
+    A valid record is a JSON object with a non-negative integer ``rid`` (an int, not a bool, or
+    a string of ASCII digits, which is converted for our use only) that fits a signed 64-bit
+    column, and a ``call_timestamp`` that :func:`parse_ts` accepts. Reasons: ``"record is not an
+    object"``, ``"rid missing"``, ``"rid not an integer"`` (also negative), ``"rid out of
+    range"``, ``"call_timestamp missing"``, ``"call_timestamp malformed"``, ``"duplicate rid in
+    response"``.
+
+    When a rid repeats within the response, the first valid occurrence wins. A later one with
+    identical content is a pure duplicate and is dropped silently (it is in neither list); one
+    with different content is rejected as ``"duplicate rid in response"`` so it can be looked at.
+    """
+    valid: list[ValidRecord] = []
+    rejected: list[tuple[Any, str]] = []
+    by_rid: dict[int, ValidRecord] = {}
+    for raw in records:
+        checked = _check(raw)
+        if isinstance(checked, str):
+            rejected.append((raw, checked))
+            continue
+        rid, ts = checked
+        first = by_rid.get(rid)
+        if first is None:
+            by_rid[rid] = record = ValidRecord(rid, ts, raw)
+            valid.append(record)
+        elif first.record != raw:
+            rejected.append((raw, "duplicate rid in response"))
+    return valid, rejected

@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from relay.receiver import Receiver
+from relay.simulator import SimulatedWebFones
+from tests.helpers import KEY_A, KEY_B
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[SimulatedWebFones]:
+    server = SimulatedWebFones({KEY_A: "alpha", KEY_B: "bravo"}, seed=7)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+@pytest.fixture
+async def receiver_factory() -> AsyncIterator[Callable[..., Awaitable[tuple[Receiver, str]]]]:
+    started: list[Receiver] = []
+
+    async def make(**kwargs: object) -> tuple[Receiver, str]:
+        rx = Receiver(**kwargs)  # type: ignore[arg-type]
+        url = await rx.start()
+        started.append(rx)
+        return rx, url
+
+    try:
+        yield make
+    finally:
+        for rx in started:
+            await rx.stop()
