@@ -34,8 +34,8 @@ def build_body(account: str, received_at: float, record: Mapping[str, Any]) -> b
 
     Keys come in the fixed order ``type, timestamp, account, data``. orjson is used for speed;
     it refuses what JSON allows but it cannot represent (integers beyond 64 bits, non-string
-    keys), and for those records the stdlib ``json`` produces the same compact form instead, so
-    no record is ever rejected for its content.
+    keys, lone surrogates), and for those records the stdlib ``json`` produces the same compact
+    form instead, so no record is ever rejected for its content.
     """
     envelope = {
         "type": EVENT_TYPE,
@@ -47,4 +47,10 @@ def build_body(account: str, received_at: float, record: Mapping[str, Any]) -> b
     try:
         return orjson.dumps(envelope)
     except orjson.JSONEncodeError:
+        pass
+    try:
         return json.dumps(envelope, ensure_ascii=False, separators=(",", ":")).encode()
+    except UnicodeEncodeError:
+        # A lone surrogate (only a lenient parser lets one in) has no UTF-8 form; a \\uXXXX
+        # escape is the one way JSON can still carry it.
+        return json.dumps(envelope, separators=(",", ":")).encode()

@@ -97,7 +97,8 @@ class AccountPoller:
             try:
                 # A stop during a long budget wait or a slow fetch abandons the poll; an ingest
                 # that already started still commits or rolls back as a whole in the store.
-                await unless_stopped(stop, self.poll_once())
+                if await unless_stopped(stop, self.poll_once()) is None:
+                    return
                 failures = 0
                 await self._set_status("ok", None)
             except UpstreamAuthError as exc:

@@ -30,7 +30,8 @@ def decode_secret(secret: str) -> bytes:
     """Decode a ``whsec_<base64>`` signing secret into the HMAC key bytes.
 
     Surrounding whitespace and missing padding are tolerated (as the reference libraries do);
-    anything else malformed, or an empty key, raises ``ValueError`` with a message that does not echo the secret.
+    anything else malformed, or an empty key, raises ``ValueError`` with a message that does not
+    echo the secret.
     """
     secret = secret.strip()  # a secret read from a file or env var often ends in a newline
     if not secret.startswith(SECRET_PREFIX):

@@ -117,6 +117,9 @@ def plan_poll(
       the relay started is not delivered as new later) and the cursor is set. Reading the whole
       look-back makes this a sweep too.
     * First poll with a start timestamp: read (and deliver) everything after it, as a sweep.
+    * Polled before (``last_sweep`` set) but never a record seen, so still no cursor: sweep
+      from the last poll's time minus ``lookback`` (not before ``start_from``), and deliver. A
+      quiet account must not be re-seeded on every poll, or its first call would be swallowed.
     * Later polls: a sweep from ``newest - lookback`` when one is due (never swept, at least
       ``sweep_interval`` since the last, or the wall clock went backwards past the last sweep),
       otherwise ``newest - recent_window``.
@@ -127,13 +130,7 @@ def plan_poll(
     ``ValueError`` if ``start_from`` is neither ``"now"`` nor a valid timestamp.
     """
     if newest is None:
-        if policy.start_from == START_NOW:
-            since = _shift(upstream_now(now, tz), -policy.lookback, tz)
-            return PollPlan(since=since, sweep=True, seed_only=True)
-        start = parse_ts(policy.start_from)
-        if start is None:
-            raise ValueError("start_from must be 'now' or a YYYY-MM-DD HH:MM:SS timestamp")
-        return PollPlan(since=format_ts(start), sweep=True, seed_only=False)
+        return _plan_without_cursor(last_sweep, now, policy, tz)
     cursor = parse_ts(newest)
     if cursor is None:
         since = _shift(upstream_now(now, tz), -policy.lookback, tz)
@@ -146,6 +143,29 @@ def plan_poll(
     if due:
         return PollPlan(since=_shift(cursor, -policy.lookback, tz), sweep=True, seed_only=False)
     return PollPlan(since=_shift(cursor, -policy.recent_window, tz), sweep=False, seed_only=False)
+
+
+def _plan_without_cursor(
+    last_sweep: float | None, now: float, policy: WindowPolicy, tz: ZoneInfo
+) -> PollPlan:
+    start = None
+    if policy.start_from != START_NOW:
+        start = parse_ts(policy.start_from)
+        if start is None:
+            raise ValueError("start_from must be 'now' or a YYYY-MM-DD HH:MM:SS timestamp")
+    if last_sweep is None:  # truly the first poll
+        if start is None:
+            since = _shift(upstream_now(now, tz), -policy.lookback, tz)
+            return PollPlan(since=since, sweep=True, seed_only=True)
+        return PollPlan(since=format_ts(start), sweep=True, seed_only=False)
+    # Polled before, but no record was ever seen, so no cursor exists. Seeding again would
+    # swallow whatever arrived since the last poll, so the last successful look stands in for
+    # the cursor (the earlier of it and now, should the clock have moved back), and what is
+    # found is delivered.
+    since = _shift(upstream_now(min(last_sweep, now), tz), -policy.lookback, tz)
+    if start is not None:
+        since = max(since, format_ts(start))
+    return PollPlan(since=since, sweep=True, seed_only=False)
 
 
 def advance_cursor(

@@ -80,6 +80,19 @@ def test_big_integer_fallback_matches_orjson_layout() -> None:
     assert small.replace(str(2**63).encode(), str(2**65).encode()) == big
 
 
+@pytest.mark.parametrize(
+    ("record", "data_json"),
+    [
+        ({"rid": 1, 2: "int key"}, b'{"rid":1,"2":"int key"}'),
+        ({"rid": 1, "s": "bad \ud800 half"}, b'{"rid":1,"s":"bad \\ud800 half"}'),
+    ],
+)
+def test_what_orjson_refuses_still_goes_out(record: dict[Any, Any], data_json: bytes) -> None:
+    body = build_body("acme", T0, record)
+    assert body.endswith(b',"data":' + data_json + b"}")
+    assert body.startswith(b'{"type":"call.record","timestamp":"2025-07-01T20:54:53.000Z",')
+
+
 def test_non_dict_mapping_is_accepted() -> None:
     proxied = MappingProxyType({"rid": 5, "call_timestamp": "2025-07-01 20:54:53"})
     assert build_body("acme", T0, proxied) == build_body("acme", T0, dict(proxied))

@@ -86,7 +86,9 @@ def test_decode_secret(secret: str, key: bytes) -> None:
     ],
 )
 def test_decode_secret_rejects_without_echoing(secret: str) -> None:
-    with pytest.raises(ValueError, match="^signing secret must be whsec_ followed by base64$") as e:
+    with pytest.raises(
+        ValueError, match=r"^signing secret must be whsec_ followed by base64$"
+    ) as e:
         decode_secret(secret)
     # Nothing printed with the error (chained causes included) may quote the secret.
     printed = "".join(traceback.format_exception(e.value))

@@ -188,6 +188,37 @@ NOON = at("2025-07-01 12:00:00")
             NY,
             PollPlan("0001-01-01 00:00:00", True, False),
         ),
+        # Seeded (or swept) before but never saw a record, so still no cursor: no second seed
+        # (it would swallow the first call of a quiet account); read from the last look.
+        (None, NOON - 30, NOON, POLICY, UTC_ZONE, PollPlan("2025-07-01 09:59:30", True, False)),
+        # ... however long ago that was (the relay was down for a week).
+        (
+            None,
+            NOON - 7 * 86400,
+            NOON,
+            POLICY,
+            UTC_ZONE,
+            PollPlan("2025-06-24 10:00:00", True, False),
+        ),
+        # ... never after now (the wall clock moved back) ...
+        (None, NOON + 600, NOON, POLICY, UTC_ZONE, PollPlan("2025-07-01 10:00:00", True, False)),
+        # ... and never before a fixed start_from.
+        (
+            None,
+            NOON - 30,
+            NOON,
+            WindowPolicy(600, 7200, 3600, "2025-07-01 11:00:00"),
+            UTC_ZONE,
+            PollPlan("2025-07-01 11:00:00", True, False),
+        ),
+        (
+            None,
+            NOON - 30,
+            NOON,
+            WindowPolicy(600, 7200, 3600, "2025-06-01 00:00:00"),
+            UTC_ZONE,
+            PollPlan("2025-07-01 09:59:30", True, False),
+        ),
         # A cursor that does not parse: sweep from the upstream's now, and deliver.
         ("garbage", NOON, NOON, POLICY, UTC_ZONE, PollPlan("2025-07-01 10:00:00", True, False)),
     ],
@@ -232,10 +263,11 @@ def test_seed_during_second_pass_of_fall_back_hour() -> None:
     assert plan_poll(None, None, now, policy, NY) == PollPlan("2025-11-02 01:30:00", True, True)
 
 
+@pytest.mark.parametrize("last_sweep", [None, NOON - 30])
 @pytest.mark.parametrize("start_from", ["yesterday", "2025-6-1 00:00:00", "", "NOW"])
-def test_plan_poll_rejects_bad_start_from(start_from: str) -> None:
+def test_plan_poll_rejects_bad_start_from(start_from: str, last_sweep: float | None) -> None:
     with pytest.raises(ValueError, match="start_from"):
-        plan_poll(None, None, NOON, WindowPolicy(600, 7200, 3600, start_from), UTC_ZONE)
+        plan_poll(None, last_sweep, NOON, WindowPolicy(600, 7200, 3600, start_from), UTC_ZONE)
 
 
 # --- advance_cursor -------------------------------------------------------------------------
