@@ -51,6 +51,6 @@ def build_body(account: str, received_at: float, record: Mapping[str, Any]) -> b
     try:
         return json.dumps(envelope, ensure_ascii=False, separators=(",", ":")).encode()
     except UnicodeEncodeError:
-        # A lone surrogate (only a lenient parser lets one in) has no UTF-8 form; a \\uXXXX
+        # A lone surrogate (only a lenient parser lets one in) has no UTF-8 form; a \uXXXX
         # escape is the one way JSON can still carry it.
         return json.dumps(envelope, separators=(",", ":")).encode()

@@ -51,6 +51,7 @@ async def run_relay(
             supervisor = Supervisor(settings, store, upstream, delivery)
             admin = AdminServer(settings.admin, store, supervisor)
             await admin.start()
+            supervisor.admin_url = admin.url
             try:
                 if on_started is not None:
                     on_started(supervisor)

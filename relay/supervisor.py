@@ -85,6 +85,7 @@ class Supervisor:
             for account in up.accounts
         ]
         self.started = asyncio.Event()
+        self.admin_url: str | None = None  # set by the runner when the admin API listens
 
     def notify(self, subscribers: list[str]) -> None:
         """Wake the named subscribers' claimers: new deliveries were just committed."""
