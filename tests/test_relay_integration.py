@@ -243,3 +243,46 @@ async def test_dead_subscriber_does_not_delay_the_healthy_one(sim, receiver_fact
 
 def sim_url(sim: SimulatedWebFones) -> str:
     return sim.url
+
+
+async def test_start_from_now_skips_history_but_delivers_the_first_new_call(
+    sim, receiver_factory, tmp_path
+):
+    rx, url = await receiver_factory()
+    settings = make_settings(
+        tmp_path, sim.url, [Sub("crm", url, new_secret())], upstream={"start_from": "now"}
+    )
+    quiet = make_settings(
+        tmp_path,
+        sim.url,
+        [Sub("crm", url, new_secret())],
+        upstream={"start_from": "now"},
+        accounts={"bravo": KEY_B},
+    )
+    old = sim.add_record(KEY_A, started_at=ago(600))
+    async with running(settings) as relay:
+        assert relay.supervisor is not None
+        poller = relay.supervisor.pollers[0]
+        await wait_until_async(_polled(poller, 2))
+        new = sim.add_record(KEY_A, started_at=ago(1))
+        await rx.wait_count(1, timeout=10)
+    assert rids(rx.requests) == [new["rid"]]
+    assert old["rid"] != new["rid"]
+    # An account with no calls at all at start: its first call must not be swallowed.
+    rx2, url2 = await receiver_factory()
+    quiet = quiet.model_copy(
+        update={"subscribers": [quiet.subscribers[0].model_copy(update={"url": url2})]}
+    )
+    async with running(quiet) as relay:
+        assert relay.supervisor is not None
+        await wait_until_async(_polled(relay.supervisor.pollers[0], 3))
+        first = sim.add_record(KEY_B, started_at=ago(1))
+        await rx2.wait_count(1, timeout=10)
+    assert rids(rx2.requests) == [first["rid"]]
+
+
+def _polled(poller, n):  # type: ignore[no-untyped-def]
+    async def check() -> bool:
+        return poller.polls >= n
+
+    return check
