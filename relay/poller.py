@@ -182,10 +182,6 @@ class AccountPoller:
             self._tz,
             self._settings.upstream.max_clock_skew,
         )
-        if cursor is None and plan.seed_only:
-            # start_from=now on an account with no recent calls: remember that the seed poll
-            # happened (at its window's start), or the first real call would be seeded too.
-            cursor = plan.since
         batch = IngestBatch(
             account=self.name,
             records=records,
