@@ -286,3 +286,36 @@ def _polled(poller, n):  # type: ignore[no-untyped-def]
         return poller.polls >= n
 
     return check
+
+
+async def test_stop_in_the_middle_of_a_batch_releases_and_redelivers(
+    sim, receiver_factory, tmp_path
+):
+    rx, url = await receiver_factory()
+    secret = new_secret()
+    rx.set_default(Reply.slow(5.0, then=Reply.status(200)))  # outlives the grace period
+    made = [sim.add_record(KEY_A, started_at=ago(10)) for _ in range(12)]
+    settings = make_settings(
+        tmp_path,
+        sim.url,
+        [Sub("crm", url, secret, {"timeout": "10s", "max_in_flight": 3})],
+        delivery={"grace_period": "200ms"},
+    )
+    async with running(settings):
+        await rx.wait_count(3, timeout=10)  # three in flight, the rest claimed or queued
+    store = open_store(settings.state)
+    await store.open()
+    try:
+        stats = await store.stats()
+    finally:
+        await store.close()
+    crm = stats["subscribers"]["crm"]
+    assert crm["pending"] == 12 and crm["inflight"] == 0 and crm["delivered"] == 0
+    rx.set_default(Reply.status(200))
+    async with running(settings):
+        await rx.wait_for(
+            # The first three requests were cut off by the shutdown; the rest are the restart.
+            lambda reqs: set(rids(reqs[3:])) == {m["rid"] for m in made},
+            timeout=10,
+        )
+    verify_all(rx.requests, secret)
