@@ -14,9 +14,11 @@ re-reads the same window: nothing is skipped.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import random
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -43,6 +45,7 @@ from relay.window import (
     advance_cursor,
     plan_poll,
     prune_before,
+    skew_limit,
     validate_records,
 )
 
@@ -52,6 +55,9 @@ AUTH_RETRY = 900.0  # a rejected key is tried again every 15 minutes, in case it
 RATE_LIMIT_PAUSE = 60.0  # a 429 without Retry-After pauses the key this long
 BACKOFF_CAP = 300.0
 PRUNE_MARGIN = 3600.0  # de-dup memory is kept this much longer than the look-back
+# Bad records remembered (by a hash of their bytes) so that one the upstream serves on every poll
+# is kept aside and logged once per run, not once per poll.
+QUARANTINE_MEMORY = 10_000
 
 
 class AccountPoller:
@@ -85,12 +91,18 @@ class AccountPoller:
             start_from=up.start_from,
         )
         self._cursor = AccountCursor(newest=None, last_sweep=None)
+        # The cursor as it stood right after the last sweep: the next sweep reads back from
+        # here, not from the current cursor, so a record written up to `lookback` behind the
+        # newest record *when it appeared* is still caught however far the cursor moved since.
+        self._anchor: str | None = None
+        self._quarantined: OrderedDict[bytes, None] = OrderedDict()
         self._status: tuple[str, str | None] | None = None
         self.polls = 0  # successful polls, for status and tests
 
     async def run(self, stop: asyncio.Event) -> None:
         """Poll until ``stop`` is set, backing off on failures; never raises for upstream faults."""
         self._cursor = await self._store.load_cursor(self.name)
+        self._anchor = self._cursor.newest
         failures = 0
         while not stop.is_set():
             delay = self._settings.upstream.poll_interval
@@ -103,7 +115,8 @@ class AccountPoller:
                 await self._set_status("ok", None)
             except UpstreamAuthError as exc:
                 log.error(
-                    "API key rejected; account stopped, retrying in %ds",
+                    "API key rejected (%s); account stopped, retrying in %gs",
+                    exc,
                     AUTH_RETRY,
                     extra={"account": self.name, "status": exc.status},
                 )
@@ -113,7 +126,8 @@ class AccountPoller:
                 pause = exc.retry_after if exc.retry_after is not None else RATE_LIMIT_PAUSE
                 self._budget.pause(pause)
                 log.warning(
-                    "rate limited by WebFones; pausing this API key for %.0fs",
+                    "rate limited by WebFones (%s); pausing this API key for %.3gs",
+                    "Retry-After" if exc.retry_after is not None else "no Retry-After",
                     pause,
                     extra={"account": self.name},
                 )
@@ -152,14 +166,25 @@ class AccountPoller:
     async def poll_once(self) -> int:
         """One poll: fetch the planned window and ingest it. Returns how many records were new."""
         now = self._clock()
-        plan = plan_poll(self._cursor.newest, self._cursor.last_sweep, now, self._policy, self._tz)
+        plan = plan_poll(
+            self._cursor.newest,
+            self._cursor.last_sweep,
+            now,
+            self._policy,
+            self._tz,
+            sweep_from=self._anchor,
+        )
         await self._budget.acquire()
         result = await self._client.fetch(self._credentials, plan.since)
+        # A count above the records means the answer admits it is incomplete: store what came,
+        # but keep the cursor, so that whatever is missing is asked for again.
+        complete = result.count is None or result.count <= len(result.records)
         if result.count is not None and result.count != len(result.records):
             log.warning(
-                "count says %d but %d records came; using the records",
+                "count says %d but %d records came; using the records%s",
                 result.count,
                 len(result.records),
+                "" if complete else ", cursor kept",
                 extra={"account": self.name},
             )
         valid, invalid = validate_records(result.records)
@@ -168,20 +193,17 @@ class AccountPoller:
             CallRecord(v.rid, v.call_ts, build_body(self.name, received_at, v.record))
             for v in valid
         ]
-        quarantined = [Quarantined(_raw(raw), reason) for raw, reason in invalid]
-        for raw, reason in invalid:
-            log.warning(
-                "record kept aside: %s",
-                reason,
-                extra={"account": self.name, "rid": _rid_of(raw)},
+        fresh_invalid = self._not_yet_quarantined(invalid)
+        quarantined = [Quarantined(data, reason) for _, reason, data, _ in fresh_invalid]
+        cursor = self._cursor.newest
+        if complete:
+            cursor = advance_cursor(
+                cursor,
+                (r.call_ts for r in records),
+                received_at,
+                self._tz,
+                self._settings.upstream.max_clock_skew,
             )
-        cursor = advance_cursor(
-            self._cursor.newest,
-            (r.call_ts for r in records),
-            received_at,
-            self._tz,
-            self._settings.upstream.max_clock_skew,
-        )
         batch = IngestBatch(
             account=self.name,
             records=records,
@@ -192,15 +214,19 @@ class AccountPoller:
             seed_only=plan.seed_only,
         )
         outcome = await self._store.ingest(batch)
+        self._remember_quarantined(fresh_invalid)
         last_sweep = self._cursor.last_sweep
         if plan.sweep or plan.seed_only:
             last_sweep = received_at
             await self._store.mark_swept(self.name, received_at)
             if cursor is not None:
                 await self._prune(cursor, received_at)
+            self._anchor = cursor
         self._cursor = AccountCursor(newest=cursor, last_sweep=last_sweep)
         self.polls += 1
         self._log_new(outcome.new_rids, records, plan.seed_only)
+        if not plan.seed_only:
+            self._log_odd_timestamps(outcome.new_rids, records, plan.since, received_at)
         if outcome.new_rids and not plan.seed_only and self._subscribers:
             self._notify(self._subscribers)
         log.debug(
@@ -213,6 +239,56 @@ class AccountPoller:
             },
         )
         return len(outcome.new_rids)
+
+    def _not_yet_quarantined(
+        self, invalid: list[tuple[Any, str]]
+    ) -> list[tuple[Any, str, bytes, bytes]]:
+        """The rejects not kept aside before in this run: (record, reason, bytes, digest)."""
+        fresh = []
+        for raw, reason in invalid:
+            data = _raw(raw)
+            key = hashlib.blake2b(data, digest_size=16).digest()
+            if key not in self._quarantined:
+                fresh.append((raw, reason, data, key))
+        return fresh
+
+    def _remember_quarantined(self, fresh: list[tuple[Any, str, bytes, bytes]]) -> None:
+        """Log each newly kept-aside record once, and remember it (bounded) so it stays quiet."""
+        for raw, reason, _, key in fresh:
+            log.warning(
+                "record kept aside in quarantine: %s",
+                reason,
+                extra={"account": self.name, "rid": _rid_of(raw)},
+            )
+            self._quarantined[key] = None
+            if len(self._quarantined) > QUARANTINE_MEMORY:
+                self._quarantined.popitem(last=False)
+
+    def _log_odd_timestamps(
+        self, new_rids: list[int], records: list[CallRecord], since: str, now: float
+    ) -> None:
+        """One line per new record whose timestamp the upstream should not have sent."""
+        if not new_rids:
+            return
+        fresh = set(new_rids)
+        limit = skew_limit(now, self._tz, self._settings.upstream.max_clock_skew)
+        for record in records:
+            if record.rid not in fresh:
+                continue
+            if record.call_ts > limit:
+                log.warning(
+                    "record stamped %s, more than max_clock_skew ahead of the upstream's clock: "
+                    "delivered, but the cursor does not follow it",
+                    record.call_ts,
+                    extra={"account": self.name, "rid": record.rid},
+                )
+            elif record.call_ts < since:
+                log.warning(
+                    "record stamped %s, before the %s asked for: delivered",
+                    record.call_ts,
+                    since,
+                    extra={"account": self.name, "rid": record.rid},
+                )
 
     def _log_new(self, new_rids: list[int], records: list[CallRecord], seed_only: bool) -> None:
         if seed_only:

@@ -28,6 +28,7 @@ import http
 import json
 import logging
 import signal
+import ssl
 import sys
 import time
 from collections import deque
@@ -197,7 +198,12 @@ class Receiver:
         self._script.extend(replies)
 
     def set_default(self, reply: Reply) -> None:
-        """Answer with ``reply`` whenever the script is empty."""
+        """Answer with ``reply`` whenever the script is empty.
+
+        A default ``slow`` without ``then`` answers 200 late: "then the default" would be itself.
+        """
+        if isinstance(reply, SlowReply) and reply.then is None:
+            reply = SlowReply(reply.seconds, Reply.ok())
         self._default = reply
 
     def ok_requests(self) -> list[ReceivedRequest]:
@@ -237,10 +243,13 @@ class Receiver:
 
     # --- lifecycle ---------------------------------------------------------------------------
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+    async def start(
+        self, host: str = "127.0.0.1", port: int = 0, *, ssl_context: ssl.SSLContext | None = None
+    ) -> str:
         """Serve on ``host:port`` (0 = any free port) and return the base URL.
 
-        Already running (e.g. inside ``async with``): just return the URL.
+        With ``ssl_context`` it serves HTTPS (an ``https://`` URL). Already running (e.g. inside
+        ``async with``): just return the URL.
         """
         if self._runner is not None:
             return self.url
@@ -248,7 +257,7 @@ class Receiver:
         app = web.Application(client_max_size=16 * 1024 * 1024)
         app.router.add_get("/_stats", self._stats)
         app.router.add_post("/{tail:.*}", self._handle)
-        self._runner, self.url = await _run_app(app, host, port)
+        self._runner, self.url = await _run_app(app, host, port, ssl_context)
         return self.url
 
     async def stop(self) -> None:
@@ -384,8 +393,10 @@ async def _trickle(request: web.Request, delay: float, reply: StatusReply) -> No
 # --- process entry point ----------------------------------------------------------------------
 
 
-async def _run_app(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, str]:
-    """Start ``app`` and return its runner and URL.
+async def _run_app(
+    app: web.Application, host: str, port: int, ssl_context: ssl.SSLContext | None = None
+) -> tuple[web.AppRunner, str]:
+    """Start ``app`` and return its runner and URL (``https`` with ``ssl_context``).
 
     ``handler_cancellation`` makes a client disconnect cancel its handler, so a ``hang`` or
     ``slow`` handler does not outlive the connection it was answering.
@@ -393,12 +404,13 @@ async def _run_app(app: web.Application, host: str, port: int) -> tuple[web.AppR
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, port).start()
+        await web.TCPSite(runner, host, port, ssl_context=ssl_context).start()
     except BaseException:
         await runner.cleanup()
         raise
     shown = f"[{host}]" if ":" in host else host
-    return runner, f"http://{shown}:{runner.addresses[0][1]}"
+    scheme = "http" if ssl_context is None else "https"
+    return runner, f"{scheme}://{shown}:{runner.addresses[0][1]}"
 
 
 def _stats_body(requests: int, ok: int) -> bytes:

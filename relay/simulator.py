@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import hashlib
 import logging
 import random
@@ -88,6 +89,13 @@ class Fault:
         """Answer a redirect to ``location``."""
         return RedirectFault(location, code)
 
+    @staticmethod
+    def huge(nbytes: int, *, chunked: bool = True) -> HugeFault:
+        """Answer the normal, valid JSON padded to about ``nbytes`` with an extra ``padding``
+        member, streamed in chunks so the server's memory stays small. ``chunked=False`` sends
+        a Content-Length up front instead."""
+        return HugeFault(nbytes, chunked)
+
 
 @dataclass(frozen=True, slots=True)
 class StatusFault(Fault):
@@ -117,6 +125,12 @@ class ResetFault(Fault):
 class RedirectFault(Fault):
     location: str
     code: int
+
+
+@dataclass(frozen=True, slots=True)
+class HugeFault(Fault):
+    nbytes: int
+    chunked: bool
 
 
 def _raw_json(body: bytes) -> RawFault:
@@ -513,6 +527,8 @@ class SimulatedWebFones:
             await asyncio.sleep(fault.seconds)
         if isinstance(fault, ResetFault):
             return await _reset(request, status, body)
+        if isinstance(fault, HugeFault) and status == 200:
+            return await _huge(request, body, fault)
         return _response(status, body)
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -595,6 +611,27 @@ async def _reset(request: web.Request, status: int, body: bytes) -> web.StreamRe
         request.transport.abort()
     # aiohttp's final write_eof now fails with a ConnectionError, which it treats as a client
     # disconnect and ignores quietly.
+    return response
+
+
+async def _huge(request: web.Request, body: bytes, fault: HugeFault) -> web.StreamResponse:
+    """``body`` (a JSON object) with a ``padding`` member inserted, about ``fault.nbytes`` long."""
+    head = b'{"padding":"'
+    tail = b'",' + body[1:]
+    pad = max(0, fault.nbytes - len(head) - len(tail))
+    response = web.StreamResponse(status=200, headers={"Content-Type": _JSON})
+    if not fault.chunked:
+        response.content_length = len(head) + pad + len(tail)
+    await response.prepare(request)
+    chunk = b"x" * (1 << 16)
+    with contextlib.suppress(ConnectionError):  # a client past its cap stops reading, as it should
+        await response.write(head)
+        while pad > 0:
+            part = chunk[: min(pad, len(chunk))]
+            await response.write(part)  # drains: at most one chunk is buffered at a time
+            pad -= len(part)
+        await response.write(tail)
+        await response.write_eof()
     return response
 
 

@@ -8,6 +8,8 @@ It is handed its ``aiohttp.ClientSession``; it does not build one.
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +24,9 @@ from relay.retry import parse_retry_after
 PATH = "/call_log/records_after_timestamp"
 USER_AGENT = f"webfones-relay/{__version__} (+https://github.com/webfones-relay)"
 _EXCERPT = 200  # characters of an error body worth putting in a log line
+# An integer of 20+ digits may exceed 64 bits, which orjson would silently read as a float.
+_LONG_NUMBER = re.compile(rb"[0-9]{20}")
+_JSON_TYPES: dict[type, str] = {dict: "an object", list: "a list", str: "a string"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +84,9 @@ class WebFonesClient:
             ) as resp:
                 body = await self._read_capped(resp)
                 return _interpret(resp.status, resp.headers, body)
-        except UpstreamError:
+        except UpstreamError as exc:
+            # An error page may quote the key it rejected; the message goes to logs and status.
+            _redact(exc, credentials.api_key)
             raise
         except TimeoutError as exc:
             raise UpstreamError(
@@ -108,6 +115,12 @@ class WebFonesClient:
                 )
             chunks.append(chunk)
         return b"".join(chunks)
+
+
+def _redact(exc: UpstreamError, secret: str) -> None:
+    text = str(exc)
+    if secret and secret in text:
+        exc.args = (text.replace(secret, "[redacted]"),)
 
 
 def _describe(exc: BaseException) -> str:
@@ -167,24 +180,19 @@ def parse_body(content_type: str, body: bytes) -> FetchResult:
             retryable=True,
             status=200,
         )
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise MalformedResponse(
-            f"body is not valid JSON ({len(body)} bytes): {exc}", retryable=True, status=200
-        ) from exc
+    doc = _loads(body)
     if not isinstance(doc, dict):
         raise MalformedResponse("body is not a JSON object", retryable=True, status=200)
     if doc.get("success") is not True:
         raise MalformedResponse(
-            f"success is {doc.get('success')!r}, not true: {_excerpt(body)}",
+            f"success is {_json_repr(doc, 'success')}, not true: {_excerpt(body)}",
             retryable=True,
             status=200,
         )
     records = doc.get("records")
     if not isinstance(records, list):
         raise MalformedResponse(
-            f"records is {type(records).__name__}, not a list", retryable=True, status=200
+            f"records is {_json_repr(doc, 'records')}, not a list", retryable=True, status=200
         )
     count = doc.get("count")
     return FetchResult(
@@ -192,6 +200,47 @@ def parse_body(content_type: str, body: bytes) -> FetchResult:
         count=count if isinstance(count, int) and not isinstance(count, bool) else None,
         nbytes=len(body),
     )
+
+
+def _loads(body: bytes) -> Any:
+    """Parse JSON exactly: orjson when it is exact, else the standard library.
+
+    orjson reads an integer beyond 64 bits as a float (the record would change on its way) and
+    rejects a lone UTF-16 surrogate escape such as ``"\ud83d"``, which JavaScript's
+    ``JSON.stringify`` writes for a string cut in the middle of an emoji. One such record must
+    not block the whole account, so those bodies go through :mod:`json`, which keeps both as they
+    were. NaN and Infinity are not JSON and stay refused.
+    """
+    first_error: str | None = None
+    if _LONG_NUMBER.search(body) is None:
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            first_error = str(exc)
+    try:
+        return json.loads(body, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError) as exc:
+        # orjson's message, when there is one, is the more precise of the two.
+        reason = first_error or str(exc) or type(exc).__name__
+    raise MalformedResponse(
+        f"body is not valid JSON ({len(body)} bytes): {reason}", retryable=True, status=200
+    )
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _json_repr(doc: dict[str, Any], key: str) -> str:
+    """How a member looks in JSON terms: ``missing``, ``null``, ``false``, ``a string``…"""
+    if key not in doc:
+        return "missing"
+    value = doc[key]
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return _JSON_TYPES.get(type(value), "a number")
 
 
 async def close_quietly(session: aiohttp.ClientSession) -> None:

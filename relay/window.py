@@ -109,6 +109,8 @@ def plan_poll(
     now: float,
     policy: WindowPolicy,
     tz: ZoneInfo,
+    *,
+    sweep_from: str | None = None,
 ) -> PollPlan:
     """Plan the next poll from the cursor (``newest``) and the last sweep time.
 
@@ -120,9 +122,20 @@ def plan_poll(
     * Polled before (``last_sweep`` set) but never a record seen, so still no cursor: sweep
       from the last poll's time minus ``lookback`` (not before ``start_from``), and deliver. A
       quiet account must not be re-seeded on every poll, or its first call would be swallowed.
-    * Later polls: a sweep from ``newest - lookback`` when one is due (never swept, at least
+    * Later polls: a sweep from ``sweep_from - lookback`` when one is due (never swept, at least
       ``sweep_interval`` since the last, or the wall clock went backwards past the last sweep),
       otherwise ``newest - recent_window``.
+
+    ``sweep_from`` is the cursor as it was right after the previous sweep (None, unparsable or
+    newer than ``newest``: ``newest``). Reading back from there rather than from ``newest`` is
+    what makes the look-back exact: a record that appears after that sweep, stamped at most
+    ``lookback`` behind the newest record *at the moment it appears*, is stamped after
+    ``sweep_from - lookback``, however far the cursor has moved by the time the next sweep runs.
+
+    Any window that reaches back across a fall-back (the upstream's UTC offset is smaller now
+    than at the window's start) starts earlier by the difference: calls made in the repeated
+    hour are stamped with text *behind* a cursor from its first pass, and would otherwise wait
+    for a sweep, or never be read at all if ``lookback`` is shorter than the shift.
 
     A cursor that does not parse (it never should: only validated timestamps become cursors) is
     treated as lost: the plan sweeps back ``lookback`` from the upstream's now and delivers,
@@ -141,8 +154,32 @@ def plan_poll(
         or now < last_sweep  # the wall clock moved back: sweeping is the safe side
     )
     if due:
-        return PollPlan(since=_shift(cursor, -policy.lookback, tz), sweep=True, seed_only=False)
-    return PollPlan(since=_shift(cursor, -policy.recent_window, tz), sweep=False, seed_only=False)
+        anchor = parse_ts(sweep_from)
+        if anchor is not None and sweep_from is not None and sweep_from < newest:
+            cursor = anchor
+        since = _before_fall_back(_shift(cursor, -policy.lookback, tz), now, tz)
+        return PollPlan(since=since, sweep=True, seed_only=False)
+    since = _before_fall_back(_shift(cursor, -policy.recent_window, tz), now, tz)
+    return PollPlan(since=since, sweep=False, seed_only=False)
+
+
+def _before_fall_back(since: str, now: float, tz: ZoneInfo) -> str:
+    """``since``, moved back by however much the upstream's clocks went back since then.
+
+    ``since`` is read as its first pass (``fold=0``), the earlier instant, so the shift is never
+    too small; across a spring-forward the offset grows and nothing changes.
+    """
+    start = parse_ts(since)
+    if start is None:
+        return since
+    then = start.replace(tzinfo=tz).utcoffset()
+    current = datetime.fromtimestamp(now, tz).utcoffset()
+    if then is None or current is None or current >= then:
+        return since
+    try:
+        return format_ts(start - (then - current))
+    except OverflowError:
+        return _MIN_TEXT
 
 
 def _plan_without_cursor(
@@ -158,14 +195,23 @@ def _plan_without_cursor(
             since = _shift(upstream_now(now, tz), -policy.lookback, tz)
             return PollPlan(since=since, sweep=True, seed_only=True)
         return PollPlan(since=format_ts(start), sweep=True, seed_only=False)
-    # Polled before, but no record was ever seen, so no cursor exists. Seeding again would
-    # swallow whatever arrived since the last poll, so the last successful look stands in for
-    # the cursor (the earlier of it and now, should the clock have moved back), and what is
-    # found is delivered.
-    since = _shift(upstream_now(min(last_sweep, now), tz), -policy.lookback, tz)
+    # Polled before, but no record was ever seen, so no cursor exists. With a fixed start,
+    # read from it again: nothing was stored, so this costs only what exists, and the first
+    # records may be stamped before the last look (one appearing up to `lookback` behind
+    # another would be missed by a window that starts at the last look).
     if start is not None:
-        since = max(since, format_ts(start))
-    return PollPlan(since=since, sweep=True, seed_only=False)
+        return PollPlan(since=format_ts(start), sweep=True, seed_only=False)
+    # start_from=now: seeding again would swallow whatever arrived since the last poll, so the
+    # last successful look stands in for the cursor (the earlier of it and now, should the
+    # clock have moved back), and what is found is delivered.
+    since = _shift(upstream_now(min(last_sweep, now), tz), -policy.lookback, tz)
+    return PollPlan(since=_before_fall_back(since, now, tz), sweep=True, seed_only=False)
+
+
+def skew_limit(now: float, tz: ZoneInfo, max_clock_skew: float) -> str:
+    """The newest plausible ``call_timestamp`` at Unix time ``now``: the upstream's wall clock
+    plus ``max_clock_skew`` seconds. Later ones are not believed as cursors."""
+    return _shift(upstream_now(now, tz), max_clock_skew, tz)
 
 
 def advance_cursor(
@@ -182,7 +228,7 @@ def advance_cursor(
     where the recent window would no longer cover the real, current records. Timestamps that do
     not parse are ignored. The cursor never moves backwards.
     """
-    limit = _shift(upstream_now(now, tz), max_clock_skew, tz)
+    limit = skew_limit(now, tz, max_clock_skew)
     best = current
     for ts in call_timestamps:
         # Valid text in this format compares like the times it names.

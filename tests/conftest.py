@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -23,9 +24,11 @@ async def sim() -> AsyncIterator[SimulatedWebFones]:
 async def receiver_factory() -> AsyncIterator[Callable[..., Awaitable[tuple[Receiver, str]]]]:
     started: list[Receiver] = []
 
-    async def make(**kwargs: object) -> tuple[Receiver, str]:
+    async def make(
+        *, ssl_context: ssl.SSLContext | None = None, **kwargs: object
+    ) -> tuple[Receiver, str]:
         rx = Receiver(**kwargs)  # type: ignore[arg-type]
-        url = await rx.start()
+        url = await rx.start(ssl_context=ssl_context)
         started.append(rx)
         return rx, url
 

@@ -6,7 +6,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import datetime as dt
 import secrets
+import sqlite3
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,3 +145,35 @@ async def wait_until_async(
         if asyncio.get_running_loop().time() > deadline:
             raise TimeoutError("condition not reached in time")
         await asyncio.sleep(interval)
+
+
+def ago(seconds: float) -> dt.datetime:
+    """A naive UTC datetime ``seconds`` ago, whole seconds (what the simulator stamps)."""
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None, microsecond=0)
+    return now - dt.timedelta(seconds=seconds)
+
+
+async def start_relay_process(
+    config: Path, env: Mapping[str, str], log: Path, *args: str
+) -> asyncio.subprocess.Process:
+    """``relay run --config CONFIG`` as a real process, its stderr appended to ``log``."""
+    with open(log, "ab") as stderr:  # the child keeps its own copy of the descriptor
+        return await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "relay",
+            "run",
+            "--config",
+            str(config),
+            *args,
+            env=dict(env),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=stderr,
+        )
+
+
+def sqlite_rows(path: Path | str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Read the state file directly (read-only), e.g. the attempts table the Store hides."""
+    uri = f"{Path(path).absolute().as_uri()}?mode=ro"
+    with contextlib.closing(sqlite3.connect(uri, uri=True)) as conn:
+        return conn.execute(sql, params).fetchall()

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import os
 import signal
 import sqlite3
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from relay.receiver import Reply
-from tests.helpers import KEY_A, new_secret, rids, verify_all
+from tests.helpers import KEY_A, ago, new_secret, rids, start_relay_process, verify_all
 
 pytestmark = pytest.mark.slow
 
@@ -46,27 +44,6 @@ def write_config(path: Path, upstream: str, subs: dict[str, str], state: Path) -
     path.write_text(yaml.safe_dump(doc))
 
 
-async def start_relay(config: Path, env: dict[str, str], log: Path) -> asyncio.subprocess.Process:
-    with open(log, "ab") as stderr:  # the child keeps its own copy of the descriptor
-        return await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "relay",
-            "run",
-            "--config",
-            str(config),
-            env=env,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=stderr,
-        )
-
-
-def ago(seconds: float) -> dt.datetime:
-    return dt.datetime.now(dt.UTC).replace(tzinfo=None, microsecond=0) - dt.timedelta(
-        seconds=seconds
-    )
-
-
 async def test_kill_9_mid_delivery_then_restart_loses_nothing(sim, receiver_factory, tmp_path):
     healthy, url_h = await receiver_factory()
     flaky, url_f = await receiver_factory()
@@ -86,7 +63,7 @@ async def test_kill_9_mid_delivery_then_restart_loses_nothing(sim, receiver_fact
 
     made: list[dict] = []
     for round_no in range(4):
-        proc = await start_relay(config, env, log)
+        proc = await start_relay_process(config, env, log)
         for _ in range(8):
             made.append(sim.add_record(KEY_A, started_at=ago(30 - round_no)))
         target = len(made) - 4
@@ -94,7 +71,7 @@ async def test_kill_9_mid_delivery_then_restart_loses_nothing(sim, receiver_fact
         proc.kill()  # SIGKILL: no cleanup of any kind
         assert await asyncio.wait_for(proc.wait(), 10) == -signal.SIGKILL
 
-    proc = await start_relay(config, env, log)
+    proc = await start_relay_process(config, env, log)
     try:
         want = sorted(r["rid"] for r in made)
         for rx in (healthy, flaky):
@@ -132,12 +109,12 @@ async def test_sigterm_exits_cleanly_without_redelivering(sim, receiver_factory,
     config = tmp_path / "relay.yaml"
     write_config(config, sim.url, {"crm": url}, tmp_path / "state.db")
     made = [sim.add_record(KEY_A, started_at=ago(20)) for _ in range(5)]
-    proc = await start_relay(config, env, tmp_path / "relay.log")
+    proc = await start_relay_process(config, env, tmp_path / "relay.log")
     await rx.wait_count(5, timeout=20)
     proc.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(proc.wait(), 20) == 0
     more = sim.add_record(KEY_A, started_at=ago(10))
-    proc = await start_relay(config, env, tmp_path / "relay.log")
+    proc = await start_relay_process(config, env, tmp_path / "relay.log")
     await rx.wait_count(6, timeout=20)
     proc.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(proc.wait(), 20) == 0

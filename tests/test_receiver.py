@@ -86,6 +86,15 @@ async def test_slow_then(receiver: Receiver, http: aiohttp.ClientSession) -> Non
     assert [r.status_sent for r in receiver.requests] == [503, 200]
 
 
+async def test_slow_default_answers_200_late(
+    receiver: Receiver, http: aiohttp.ClientSession
+) -> None:
+    # "then the default" must not mean the slow default itself (that recursed forever).
+    receiver.set_default(Reply.slow(0.05))
+    assert (await post(http, receiver.url))[0] == 200
+    assert [r.status_sent for r in receiver.requests] == [200]
+
+
 async def test_hang_until_the_client_gives_up(
     receiver: Receiver, http: aiohttp.ClientSession
 ) -> None:

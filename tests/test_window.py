@@ -202,7 +202,8 @@ NOON = at("2025-07-01 12:00:00")
         ),
         # ... never after now (the wall clock moved back) ...
         (None, NOON + 600, NOON, POLICY, UTC_ZONE, PollPlan("2025-07-01 10:00:00", True, False)),
-        # ... and never before a fixed start_from.
+        # With a fixed start_from, from the start again: nothing was stored, so it is cheap, and
+        # the first records may be stamped before the last look.
         (
             None,
             NOON - 30,
@@ -217,7 +218,7 @@ NOON = at("2025-07-01 12:00:00")
             NOON,
             WindowPolicy(600, 7200, 3600, "2025-06-01 00:00:00"),
             UTC_ZONE,
-            PollPlan("2025-07-01 09:59:30", True, False),
+            PollPlan("2025-06-01 00:00:00", True, False),
         ),
         # A cursor that does not parse: sweep from the upstream's now, and deliver.
         ("garbage", NOON, NOON, POLICY, UTC_ZONE, PollPlan("2025-07-01 10:00:00", True, False)),
@@ -261,6 +262,50 @@ def test_seed_during_second_pass_of_fall_back_hour() -> None:
     policy = WindowPolicy(600, 3600, 3600, "now")
     # One real hour before 01:30 EST is 01:30 EDT: the same text.
     assert plan_poll(None, None, now, policy, NY) == PollPlan("2025-11-02 01:30:00", True, True)
+
+
+@pytest.mark.parametrize(
+    ("sweep_from", "since"),
+    [
+        # The sweep reads back from the cursor as it was after the last sweep, so a record
+        # stamped up to `lookback` behind the newest one when it appeared is still in range.
+        ("2025-07-01 11:30:00", "2025-07-01 09:30:00"),
+        # No anchor, a broken one, or one ahead of the cursor: from the cursor.
+        (None, "2025-07-01 09:59:00"),
+        ("garbage", "2025-07-01 09:59:00"),
+        ("2025-07-01 12:30:00", "2025-07-01 09:59:00"),
+    ],
+)
+def test_plan_poll_sweeps_from_the_last_sweeps_cursor(sweep_from: str | None, since: str) -> None:
+    newest = "2025-07-01 11:59:00"
+    plan = plan_poll(newest, None, NOON, POLICY, UTC_ZONE, sweep_from=sweep_from)
+    assert plan == PollPlan(since, True, False)
+    # Between sweeps the anchor plays no part: the recent window follows the cursor.
+    recent = plan_poll(newest, NOON, NOON, POLICY, UTC_ZONE, sweep_from=sweep_from)
+    assert recent == PollPlan("2025-07-01 11:49:00", False, False)
+
+
+FALL_BACK = datetime(2025, 11, 2, 6, 0, tzinfo=UTC).timestamp()  # 02:00 EDT -> 01:00 EST
+
+
+@pytest.mark.parametrize(
+    ("newest", "now", "since"),
+    [
+        # In the repeated hour, calls are stamped with text behind a first-pass cursor: the
+        # window reaches back one more hour so that they are read at all.
+        ("2025-11-02 01:50:00", FALL_BACK + 7 * 60, "2025-11-02 00:40:00"),
+        # ... also after it, while the window still starts before the change.
+        ("2025-11-02 01:59:00", FALL_BACK + 65 * 60, "2025-11-02 00:49:00"),
+        # Far from any change: the plain recent window.
+        ("2025-11-02 03:30:00", FALL_BACK + 3 * 3600, "2025-11-02 03:20:00"),
+        # Across a spring-forward the real-time shift already widens the window.
+        ("2025-03-09 03:05:00", at("2025-03-09 03:06:00", NY), "2025-03-09 01:55:00"),
+    ],
+)
+def test_windows_reach_back_across_a_fall_back(newest: str, now: float, since: str) -> None:
+    policy = WindowPolicy(recent_window=600, lookback=600, sweep_interval=3600, start_from="now")
+    assert plan_poll(newest, now, now, policy, NY) == PollPlan(since, False, False)
+    assert plan_poll(newest, None, now, policy, NY) == PollPlan(since, True, False)
 
 
 @pytest.mark.parametrize("last_sweep", [None, NOON - 30])
