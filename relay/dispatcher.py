@@ -3,8 +3,13 @@ concurrency, and hand every result to one batching writer.
 
 Each subscriber has its own claimer and its own ``max_in_flight`` workers, so a slow, failing or
 dead subscriber only ever occupies its own workers. Pending deliveries live in the store; only a
-small claimed buffer (at most twice ``max_in_flight``) is ever in memory, so memory does not grow
-with the backlog.
+small claimed buffer (:func:`buffer_size`) is ever in memory, so memory does not grow with the
+backlog.
+
+The hot path is per delivery: hand a claimed delivery to an idle worker, sign, POST, queue the
+result. It avoids per-delivery tasks and waiters: an idle worker parks on one future that the
+claimer resolves with its next delivery, and a busy worker takes the next one straight from the
+buffer.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import asyncio
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import Callable
 
 from relay.aio import wait_any
@@ -28,6 +34,17 @@ log = logging.getLogger(__name__)
 IDLE_RECHECK = 5.0  # even with nothing due, look at the store this often (replays, re-enables)
 STORE_RETRY = 1.0
 RESULT_LAG = 0.05  # how long a just-finished result may sit in the write batch
+MIN_BUFFER = 128  # claimed deliveries a subscriber may hold; claims of half of it amortise well
+
+
+def buffer_size(max_in_flight: int, batch_size: int) -> int:
+    """How many claimed deliveries one subscriber may hold in memory (in flight or waiting).
+
+    Twice ``max_in_flight`` keeps every worker busy while the next claim is on its way; at least
+    :data:`MIN_BUFFER` (but no more than ``batch_size`` allows) makes each claim, one store round
+    trip and one transaction, carry dozens of deliveries instead of a handful.
+    """
+    return max(2 * max_in_flight, min(MIN_BUFFER, 2 * batch_size))
 
 
 class ResultWriter:
@@ -61,17 +78,22 @@ class ResultWriter:
             await wait_any([self._full, stop], timeout=self._max_delay)
             self._wake.clear()
             self._full.clear()
-            if not await self.flush():
+            # Only what has gathered so far: results that arrive during this write wait for
+            # the next pause, so that each transaction carries a pause's worth of them rather
+            # than the handful that arrived while the previous one was committing.
+            if not await self.flush(len(self._pending)):
                 await wait_any([stop], timeout=STORE_RETRY)
         if not await self.flush():
             # The store refuses writes at shutdown: these deliveries stay leased in the store
             # and are retried after a restart (at-least-once), never lost.
             log.error("could not record %d delivery results at shutdown", len(self._pending))
 
-    async def flush(self) -> bool:
-        """Write everything pending now. Returns False if the store refused (kept for later)."""
-        while self._pending:
-            batch = self._pending[: self._max_batch]
+    async def flush(self, count: int | None = None) -> bool:
+        """Write the first ``count`` pending results (default: all, including any that arrive
+        meanwhile). Returns False if the store refused (they are kept for later)."""
+        left = count
+        while self._pending and (left is None or left > 0):
+            batch = self._pending[: self._max_batch if left is None else min(left, self._max_batch)]
             try:
                 await self._store.finish(batch)
             except StoreError as exc:
@@ -79,6 +101,8 @@ class ResultWriter:
                 return False
             del self._pending[: len(batch)]
             self.written += len(batch)
+            if left is not None:
+                left -= len(batch)
         return True
 
 
@@ -100,12 +124,15 @@ class SubscriberDispatcher:
         self._sender = sender
         self._results = results
         self._clock = clock
-        self._capacity = 2 * subscriber.max_in_flight
+        self._capacity = buffer_size(subscriber.max_in_flight, delivery.batch_size)
         self._batch = min(delivery.batch_size, self._capacity)
-        # A claimed delivery may wait behind one full buffer before its POST; the lease must
-        # outlive that wait, or the claimer would take it again.
-        self._lease = subscriber.timeout * 3 + delivery.lease_margin
-        self._queue: asyncio.Queue[Delivery] = asyncio.Queue()
+        # A claimed delivery may wait behind one full buffer, sent max_in_flight at a time, before
+        # its own POST; the lease must outlive that wait, or the claimer would take it again.
+        rounds = -(-self._capacity // subscriber.max_in_flight) + 1
+        self._lease = subscriber.timeout * rounds + delivery.lease_margin
+        self._ready: deque[Delivery] = deque()  # claimed, waiting for a worker
+        self._idle: deque[asyncio.Future[Delivery | None]] = deque()  # parked workers
+        self._closed = False
         self._held: set[int] = set()  # claimed and not yet finished (queued or in flight)
         self.wake = asyncio.Event()
         self._space = asyncio.Event()
@@ -135,7 +162,7 @@ class SubscriberDispatcher:
             for d in claimed:
                 if d.id not in self._held:
                     self._held.add(d.id)
-                    self._queue.put_nowait(d)
+                    self._hand_out(d)
             if len(claimed) == min(room, self._batch) and claimed:
                 continue  # more may be due right now
             await wait_any([self.wake, stop], timeout=await self._idle_timeout())
@@ -158,22 +185,38 @@ class SubscriberDispatcher:
             return IDLE_RECHECK
         return max(0.0, min(IDLE_RECHECK, due - now))
 
+    def _hand_out(self, delivery: Delivery) -> None:
+        """Give a claimed delivery to a parked worker, or buffer it for the next free one."""
+        while self._idle:
+            parked = self._idle.popleft()
+            if not parked.done():  # a cancelled worker leaves its future behind, done
+                parked.set_result(delivery)
+                return
+        self._ready.append(delivery)
+
+    def close(self) -> None:
+        """Stop handing out work: parked workers return now, busy ones after their delivery."""
+        self._closed = True
+        while self._idle:
+            parked = self._idle.popleft()
+            if not parked.done():
+                parked.set_result(None)
+
     async def worker(self, stop: asyncio.Event) -> None:
-        """Send queued deliveries one at a time until ``stop`` (the in-flight one finishes)."""
-        while not stop.is_set():
-            if self._queue.empty():
-                getter = asyncio.ensure_future(self._queue.get())
-                stopper = asyncio.ensure_future(stop.wait())
-                try:
-                    await asyncio.wait([getter, stopper], return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    stopper.cancel()
-                if not getter.done():
-                    getter.cancel()
-                    return
-                delivery = getter.result()
-            else:
-                delivery = self._queue.get_nowait()
+        """Send claimed deliveries one at a time until ``stop`` (the in-flight one finishes).
+
+        The supervisor calls :meth:`close` once ``stop`` is set, which wakes parked workers.
+        """
+        loop = asyncio.get_running_loop()
+        while not stop.is_set() and not self._closed:
+            if self._ready:
+                await self._deliver(self._ready.popleft())
+                continue
+            parked: asyncio.Future[Delivery | None] = loop.create_future()
+            self._idle.append(parked)
+            delivery = await parked
+            if delivery is None:
+                return  # closed: shutting down
             await self._deliver(delivery)
 
     async def _deliver(self, delivery: Delivery) -> None:
@@ -217,6 +260,8 @@ class SubscriberDispatcher:
         return Finished(delivery.id, outcome.attempt, Outcome.DEAD)
 
     def _log(self, delivery: Delivery, outcome: AttemptOutcome, finished: Finished) -> None:
+        if finished.outcome is Outcome.DELIVERED and not log.isEnabledFor(logging.INFO):
+            return  # the common case at WARNING: do not even build the fields
         fields = {
             "account": delivery.account,
             "rid": delivery.rid,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -20,10 +21,12 @@ import orjson
 EVENT_TYPE = "call.record"
 
 
+@lru_cache(maxsize=16)
 def iso_utc(ts: float) -> str:
     """Format Unix time ``ts`` as ISO-8601 UTC with milliseconds and ``Z``.
 
     Sub-millisecond digits are truncated (not rounded) so the text never runs ahead of ``ts``.
+    Cached: every record of one poll shares its ``received_at``.
     """
     moment = datetime.fromtimestamp(ts, tz=UTC).replace(tzinfo=None)
     return moment.isoformat(timespec="milliseconds") + "Z"
@@ -45,7 +48,10 @@ def build_body(account: str, received_at: float, record: Mapping[str, Any]) -> b
         "data": record if isinstance(record, dict) else dict(record),
     }
     try:
-        return orjson.dumps(envelope)
+        # Copied to an exact-size object: orjson writes into a large buffer and shrinks it in
+        # place, and a body kept from that (e.g. 100,000 records of one catch-up poll) pins a
+        # few KiB of fragmented heap each; the copy costs a fraction of the serialisation.
+        return bytes(memoryview(orjson.dumps(envelope)))
     except orjson.JSONEncodeError:
         pass
     try:

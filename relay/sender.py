@@ -7,6 +7,7 @@ The sender never raises for anything the receiver or the network does; every out
 
 from __future__ import annotations
 
+import math
 import ssl
 import time
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ import aiohttp
 from relay.config import SubscriberSettings
 from relay.models import Attempt, Delivery
 from relay.retry import parse_retry_after
-from relay.signing import decode_secret, signature_headers, webhook_id
+from relay.signing import decode_secret, keyed, sign_timestamped, webhook_id
 from relay.upstream import USER_AGENT
 
 
@@ -39,7 +40,7 @@ class Sender:
         self._session = session
         self._url = subscriber.url
         self._name = subscriber.name
-        self._key = decode_secret(subscriber.secret.get_secret_value())
+        self._mac = keyed(decode_secret(subscriber.secret.get_secret_value()))
         self._timeout = aiohttp.ClientTimeout(total=subscriber.timeout)
         self._cap = response_cap
         self._base_headers = {
@@ -52,8 +53,11 @@ class Sender:
         """POST the delivery once. Never raises except CancelledError."""
         msg_id = webhook_id(delivery.account, delivery.rid, self._name)
         now = time.time()
-        headers = dict(self._base_headers)
-        headers.update(signature_headers(self._key, msg_id, now, delivery.body))
+        timestamp = math.floor(now)  # fresh for every attempt: receivers reject stale ones
+        headers = self._base_headers.copy()
+        headers["webhook-id"] = msg_id
+        headers["webhook-timestamp"] = str(timestamp)
+        headers["webhook-signature"] = sign_timestamped(self._mac, msg_id, timestamp, delivery.body)
         started = time.perf_counter()
         status: int | None = None
         error: str | None = None
@@ -97,6 +101,10 @@ class Sender:
 
     async def _read_capped(self, resp: aiohttp.ClientResponse) -> str:
         """Read at most ``response_cap`` bytes; a longer (or endless) body is cut off."""
+        length = resp.content_length
+        if length is not None and length <= self._cap:
+            # The usual small answer of known length: one read, and the connection is reused.
+            return (await resp.read()).decode("utf-8", "replace")
         data = b""
         while len(data) < self._cap:
             chunk = await resp.content.read(self._cap - len(data))

@@ -115,6 +115,8 @@ class Supervisor:
             self.started.set()
             await stop.wait()
             log.info("stopping: no new polls or claims; finishing deliveries in flight")
+            for d in self.dispatchers.values():
+                d.close()  # idle workers return now; busy ones after the delivery in hand
             await self._drain(workers)
             writer_stop.set()
             await writer

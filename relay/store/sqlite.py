@@ -21,6 +21,7 @@ import errno
 import fcntl
 import json
 import logging
+import math
 import os
 import pathlib
 import sqlite3
@@ -28,6 +29,8 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Concatenate, ParamSpec, TypeVar
+
+import orjson
 
 from relay.errors import StoreError, StoreFull, StoreLocked
 from relay.models import (
@@ -449,9 +452,11 @@ def _ingest(conn: sqlite3.Connection, batch: IngestBatch) -> IngestResult:
     with _transaction(conn):
         known = _known_rids(conn, batch.account, list(first))
         new = [record for rid, record in first.items() if rid not in known]
+        # Generators, not lists: a catch-up batch of 100,000 records would otherwise hold
+        # every parameter tuple at once.
         conn.executemany(
             "INSERT INTO seen (account, rid, call_ts, seen_at) VALUES (?, ?, ?, ?)",
-            [(batch.account, r.rid, r.call_ts, batch.received_at) for r in new],
+            ((batch.account, r.rid, r.call_ts, batch.received_at) for r in new),
         )
         if new and not batch.seed_only:
             _enqueue(conn, batch, new)
@@ -497,7 +502,7 @@ def _enqueue(conn: sqlite3.Connection, batch: IngestBatch, new: list[CallRecord]
     conn.executemany(
         "INSERT INTO records (id, account, rid, call_ts, received_at, body) "
         "VALUES (?, ?, ?, ?, ?, ?)",
-        [(i, batch.account, r.rid, r.call_ts, at, r.body) for i, r in zip(ids, new, strict=True)],
+        ((i, batch.account, r.rid, r.call_ts, at, r.body) for i, r in zip(ids, new, strict=True)),
     )
     # The (record × subscriber) fan-out is a join inside SQLite: binding one row per delivery
     # from Python would cost more than writing it.
@@ -507,26 +512,65 @@ def _enqueue(conn: sqlite3.Connection, batch: IngestBatch, new: list[CallRecord]
 
 # -- delivery -----------------------------------------------------------------------------------
 
+# Batches are single statements over one bound JSON array, not a statement per row: sqlite3
+# releases the GIL around every step, and each time the store's thread wants it back it waits
+# for the busy event loop to let go. A claim or finish of a hundred rows took a hundred such
+# waits; now it takes a handful, whatever its size.
+#
 # Due pending rows in queue order, plus inflight rows whose lease ran out (their holder died or
-# hung), merged oldest first. Each half walks its own partial index and stops at :limit.
+# hung), merged oldest first. Each half walks its own partial index and stops at :limit. One row
+# comes back: the claimed deliveries as JSON, each with its rank in queue order (a window
+# function: SQLite 3.25 or later).
 SQL_CLAIM = """
-SELECT d.id, d.attempts, r.account, r.rid, r.body
+SELECT json_group_array(json_array(due.rank, d.id, d.attempts, r.account, r.rid, r.id))
 FROM (
-    SELECT id, next_at FROM (
-        SELECT id, next_at FROM deliveries
-        WHERE subscriber = :sub AND state = 'pending' AND next_at <= :now
-        ORDER BY next_at, id LIMIT :limit)
-    UNION ALL
-    SELECT id, next_at FROM (
-        SELECT id, next_at FROM deliveries
-        WHERE subscriber = :sub AND state = 'inflight' AND lease_until < :now
-        ORDER BY lease_until LIMIT :limit)
+    SELECT id, row_number() OVER (ORDER BY next_at, id) AS rank FROM (
+        SELECT id, next_at FROM (
+            SELECT id, next_at FROM deliveries
+            WHERE subscriber = :sub AND state = 'pending' AND next_at <= :now
+            ORDER BY next_at, id LIMIT :limit)
+        UNION ALL
+        SELECT id, next_at FROM (
+            SELECT id, next_at FROM deliveries
+            WHERE subscriber = :sub AND state = 'inflight' AND lease_until < :now
+            ORDER BY lease_until LIMIT :limit))
     ORDER BY next_at, id LIMIT :limit
 ) AS due
 JOIN deliveries AS d ON d.id = due.id
 JOIN records AS r ON r.id = d.record_id
-ORDER BY due.next_at, due.id
 """
+
+# The bodies of the given records in one row: their ids and lengths as JSON, and the bodies
+# back to back (both aggregates see the rows in the same order, whatever that order is).
+SQL_BODIES = """
+SELECT json_group_array(json_array(id, length(body))), CAST(group_concat(body, '') AS BLOB)
+FROM records WHERE id IN (SELECT value FROM json_each(?))
+"""
+BODIES_AT_ONCE = 32 * 1024 * 1024  # above this a claim reads its bodies row by row
+
+SQL_LEASE = """
+UPDATE deliveries SET state = 'inflight', lease_until = ?
+WHERE id IN (SELECT value FROM json_each(?))
+"""
+
+# One row of the finish batch: [delivery id, at, status, error, latency_ms, response, state,
+# next_at]. Numbers are read back from the JSON text exactly (no 15-digit round trip).
+SQL_FINISH_ATTEMPTS = """
+INSERT INTO attempts (delivery_id, at, status, error, latency_ms, response)
+SELECT d.id, f.value ->> 1, f.value ->> 2, f.value ->> 3, f.value ->> 4, f.value ->> 5
+FROM json_each(?) AS f JOIN deliveries AS d ON d.id = f.value ->> 0
+"""
+
+SQL_FINISH_BATCH = """
+UPDATE deliveries
+SET state = f.value ->> 6, next_at = COALESCE(f.value ->> 7, next_at), lease_until = NULL,
+    attempts = attempts + 1, last_status = f.value ->> 2, last_error = f.value ->> 3,
+    updated_at = f.value ->> 1
+FROM json_each(?) AS f
+WHERE deliveries.id = f.value ->> 0 AND deliveries.state != 'delivered'
+"""
+# UPDATE … FROM is SQLite 3.33 and ->> is 3.38; older libraries take the statement-per-row path.
+BATCH_SQL = sqlite3.sqlite_version_info >= (3, 38, 0)
 
 SQL_FINISH = """
 UPDATE deliveries
@@ -565,36 +609,81 @@ def _claim(
         if _disabled_reason(conn, subscriber) is not None:
             return []
         params = {"sub": subscriber, "now": now, "limit": limit}
-        rows = conn.execute(SQL_CLAIM, params).fetchall()
-        conn.executemany(
-            "UPDATE deliveries SET state = 'inflight', lease_until = ? WHERE id = ?",
-            [(now + lease, row[0]) for row in rows],
-        )
+        rows = sorted(orjson.loads(conn.execute(SQL_CLAIM, params).fetchone()[0]))
+        if not rows:
+            return []
+        ids = orjson.dumps([row[1] for row in rows]).decode()
+        conn.execute(SQL_LEASE, (now + lease, ids))
+        bodies = _bodies(conn, list({row[5] for row in rows}))
     return [
-        Delivery(id=i, subscriber=subscriber, account=account, rid=rid, body=body, attempts=n)
-        for i, n, account, rid, body in rows
+        Delivery(
+            id=i, subscriber=subscriber, account=account, rid=rid, body=bodies[rec], attempts=n
+        )
+        for _, i, n, account, rid, rec in rows
     ]
 
 
+def _bodies(conn: sqlite3.Connection, record_ids: list[int]) -> dict[int, bytes]:
+    """The bodies of ``record_ids``, read in one step unless they are unusually large."""
+    meta, blob = conn.execute(SQL_BODIES, (orjson.dumps(record_ids).decode(),)).fetchone()
+    lengths = orjson.loads(meta)
+    if sum(n for _, n in lengths) > BODIES_AT_ONCE:
+        sql = f"SELECT id, body FROM records WHERE id IN ({_marks(len(record_ids))})"
+        return {i: body for chunk in _chunks(record_ids) for i, body in conn.execute(sql, chunk)}
+    bodies: dict[int, bytes] = {}
+    view = memoryview(blob or b"")
+    at = 0
+    for record_id, n in lengths:
+        bodies[record_id] = bytes(view[at : at + n])
+        at += n
+    return bodies
+
+
 def _finish(conn: sqlite3.Connection, results: Sequence[Finished]) -> None:
+    batch = _finish_batch(results)
     with _transaction(conn):
         # An attempt on a delivery that no longer exists is dropped rather than failing the
         # whole batch on the foreign key (only possible after a manual cleanup).
-        conn.executemany(
-            "INSERT INTO attempts (delivery_id, at, status, error, latency_ms, response) "
-            "SELECT id, ?, ?, ?, ?, ? FROM deliveries WHERE id = ?",
-            [
-                (a.at, a.status, a.error, a.latency_ms, a.response, f.delivery_id)
-                for f in results
-                for a in (f.attempt,)
-            ],
-        )
         # 'delivered' is final: a late result for the same delivery never re-queues it.
-        conn.executemany(SQL_FINISH, [_finish_params(f) for f in results])
+        if batch is not None:
+            conn.execute(SQL_FINISH_ATTEMPTS, (batch,))
+            conn.execute(SQL_FINISH_BATCH, (batch,))
+        else:
+            conn.executemany(
+                "INSERT INTO attempts (delivery_id, at, status, error, latency_ms, response) "
+                "SELECT id, ?, ?, ?, ?, ? FROM deliveries WHERE id = ?",
+                [
+                    (a.at, a.status, a.error, a.latency_ms, a.response, f.delivery_id)
+                    for f in results
+                    for a in (f.attempt,)
+                ],
+            )
+            conn.executemany(SQL_FINISH, [_finish_params(f) for f in results])
         gone = [f.delivery_id for f in results if f.outcome is Outcome.GONE]
         for chunk in _chunks(gone):
             marks = _marks(len(chunk))
             conn.execute(SQL_DISABLE_GONE.format(marks=marks), (GONE_REASON, time.time(), *chunk))
+
+
+def _finish_batch(results: Sequence[Finished]) -> str | None:
+    """The results as one JSON array for the batch statements, or None where those would not
+    do exactly what one statement per result does: an old SQLite, a delivery twice in one batch
+    (applied in order, one after the other), or a number JSON cannot carry."""
+    if not BATCH_SQL or len({f.delivery_id for f in results}) != len(results):
+        return None
+    rows = []
+    for f in results:
+        state, next_at, status, error, at, delivery_id = _finish_params(f)
+        a = f.attempt
+        if not (math.isfinite(at) and math.isfinite(a.latency_ms)) or (
+            next_at is not None and not math.isfinite(next_at)
+        ):
+            return None
+        rows.append([delivery_id, at, status, error, a.latency_ms, a.response, state, next_at])
+    try:
+        return orjson.dumps(rows).decode()
+    except orjson.JSONEncodeError:  # e.g. a lone surrogate in an error text
+        return None
 
 
 def _finish_params(f: Finished) -> tuple[Any, ...]:

@@ -1,0 +1,118 @@
+"""Relay settings for the benchmarks, the shared simulated upstream, and the run's sizes."""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+ACCOUNT = "bench"
+
+
+def new_secret() -> str:
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def relay_settings(
+    state: str,
+    upstream_url: str,
+    api_key: str,
+    subscribers: list[tuple[str, str]],
+    *,
+    max_in_flight: int = 16,
+    timeout: str = "30s",
+    upstream: dict[str, Any] | None = None,
+    accounts: list[dict[str, str]] | None = None,
+    retry: list[str] | None = None,
+    delivery: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A settings document: one account (unless ``accounts``), the given subscribers.
+
+    By default the account is polled once an hour from "now", i.e. the poller stays out of the
+    way of a delivery measurement; measurements of polling pass ``upstream`` overrides.
+    """
+    return {
+        "state": state,
+        "upstream": {
+            "base_url": upstream_url,
+            "poll_interval": "1h",
+            "start_from": "now",
+            "accounts": accounts or [{"name": ACCOUNT, "api_key": api_key}],
+            **(upstream or {}),
+        },
+        "subscribers": [
+            {
+                "name": name,
+                "url": url,
+                "secret": new_secret(),
+                "max_in_flight": max_in_flight,
+                "timeout": timeout,
+                **({"retry": retry} if retry else {}),
+            }
+            for name, url in subscribers
+        ],
+        # A short grace: a run ends with stop, and black-hole requests would wait it out.
+        "delivery": {"grace_period": "1s", **(delivery or {})},
+    }
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How big and how long each measurement is. ``FULL`` takes about five minutes."""
+
+    reps: int
+    deliveries: int  # (1) total deliveries per throughput run, as in the issue
+    concurrency: int  # (1) workers per subscriber (max_in_flight) for the headline figure
+    sweep: tuple[int, ...]  # (1) concurrencies for the throughput-vs-concurrency plot
+    sweep_deliveries: int
+    latency_seconds: float  # (2) production time per run
+    latency_rate: float  # (2) records per second, steady
+    backlogs: tuple[int, ...]  # (3)
+    drain: int  # (3) deliveries timed when the subscriber returns
+    down_seconds: float  # (3)
+    ingest_records: int  # (4)
+    idle_seconds: float  # (5)
+    budget: tuple[int, float]  # (6) requests per seconds
+    budget_seconds: float
+    isolation: int  # (7) deliveries to the healthy subscriber
+    isolation_reps: int  # (7) pairs of runs: the ratio of two noisy rates needs more
+
+
+FULL = Sizes(
+    reps=3,
+    deliveries=20_000,
+    concurrency=16,
+    sweep=(1, 4, 64),  # plus the headline concurrency, from the runs above
+    sweep_deliveries=5_000,
+    latency_seconds=12.0,
+    latency_rate=10.0,
+    backlogs=(10_000, 100_000, 1_000_000),
+    drain=30_000,
+    down_seconds=2.0,
+    ingest_records=100_000,
+    idle_seconds=60.0,
+    budget=(20, 10.0),
+    budget_seconds=32.0,
+    isolation=10_000,
+    isolation_reps=5,
+)
+
+SMOKE = Sizes(
+    reps=1,
+    deliveries=600,
+    concurrency=4,
+    sweep=(1, 8),
+    sweep_deliveries=200,
+    latency_seconds=3.0,
+    latency_rate=20.0,
+    backlogs=(500, 2_000),
+    drain=400,
+    down_seconds=0.5,
+    ingest_records=1_000,
+    idle_seconds=3.0,
+    budget=(4, 1.0),
+    budget_seconds=3.0,
+    isolation=300,
+    isolation_reps=1,
+)
