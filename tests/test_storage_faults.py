@@ -226,13 +226,6 @@ def test_a_state_file_that_is_not_ours_is_refused(
     assert_refused(relay_cli(config), state, reason)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="relay/store/sqlite.py: _open_sync runs _configure (PRAGMA journal_mode = WAL) "
-    "before _migrate checks that the file is ours, so refusing another program's SQLite "
-    "database still switches it to WAL for good (header bytes 18-19 go from 1 to 2) and "
-    "leaves -wal/-shm files beside it",
-)
 @pytest.mark.slow
 def test_someone_elses_database_is_left_exactly_as_it_was(tmp_path: Path) -> None:
     state = tmp_path / "state.db"

@@ -192,6 +192,9 @@ class SqliteStore(Store):
         # can still close the connection if the worker is gone.
         self._conn = conn
         try:
+            # Check the file is ours before any PRAGMA that writes (WAL mode changes the header):
+            # refusing another program's database must leave it exactly as it was.
+            _check_ours(conn, self.path)
             _configure(conn, self._synchronous)
             _migrate(conn, self.path)
             recovered = _recover(conn)
@@ -357,17 +360,23 @@ def _configure(conn: sqlite3.Connection, synchronous: str) -> None:
     conn.execute("PRAGMA journal_size_limit = 67108864")  # truncate a big WAL back to 64 MiB
 
 
+def _check_ours(conn: sqlite3.Connection, path: str) -> None:
+    """Refuse, with reads only, a file from a newer relay or from some other program."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > len(MIGRATIONS):
+        raise StoreError(
+            f"state file {path} has schema version {version}, newer than this relay "
+            f"understands ({len(MIGRATIONS)}); upgrade the relay"
+        )
+    if version == 0 and conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone():
+        raise StoreError(f"state file {path} is an SQLite file of some other program")
+
+
 def _migrate(conn: sqlite3.Connection, path: str) -> None:
     """Bring the schema to the newest version, all steps in one transaction."""
     with _transaction(conn):
         version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version > len(MIGRATIONS):
-            raise StoreError(
-                f"state file {path} has schema version {version}, newer than this relay "
-                f"understands ({len(MIGRATIONS)}); upgrade the relay"
-            )
-        if version == 0 and conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone():
-            raise StoreError(f"state file {path} is an SQLite file of some other program")
+        _check_ours(conn, path)  # again inside the transaction: nobody changed it meanwhile
         for step in MIGRATIONS[version:]:
             for statement in step.split(";"):
                 if statement.strip():
