@@ -28,16 +28,16 @@ import http
 import json
 import logging
 import signal
-import ssl
 import sys
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from aiohttp import web
+
+from relay.localserver import LocalServer
 
 logger = logging.getLogger(__name__)
 
@@ -176,7 +176,7 @@ def _status_of(reply: Reply, default: Reply) -> int:
 # --- receiver -------------------------------------------------------------------------------
 
 
-class Receiver:
+class Receiver(LocalServer):
     """A webhook receiver recording every ``POST`` in ``requests``.
 
     With ``verify``, each request's (headers, body) is passed to it first; if it raises, the
@@ -185,13 +185,11 @@ class Receiver:
 
     def __init__(self, *, verify: Verifier | None = None) -> None:
         self.requests: list[ReceivedRequest] = []
-        self.url = ""
+        super().__init__()
         self._verify = verify
         self._script: deque[Reply] = deque()
         self._default: Reply = Reply.ok()
         self._changed = asyncio.Condition()
-        self._runner: web.AppRunner | None = None
-        self._inflight: set[asyncio.Task[Any]] = set()
 
     def script(self, *replies: Reply) -> None:
         """Queue ``replies``, one per request, before the default applies again."""
@@ -243,44 +241,12 @@ class Receiver:
 
     # --- lifecycle ---------------------------------------------------------------------------
 
-    async def start(
-        self, host: str = "127.0.0.1", port: int = 0, *, ssl_context: ssl.SSLContext | None = None
-    ) -> str:
-        """Serve on ``host:port`` (0 = any free port) and return the base URL.
-
-        With ``ssl_context`` it serves HTTPS (an ``https://`` URL). Already running (e.g. inside
-        ``async with``): just return the URL.
-        """
-        if self._runner is not None:
-            return self.url
+    def build_app(self) -> web.Application:
         # Webhook bodies are small, but a test may send a large record: allow up to 16 MiB.
         app = web.Application(client_max_size=16 * 1024 * 1024)
         app.router.add_get("/_stats", self._stats)
         app.router.add_post("/{tail:.*}", self._handle)
-        self._runner, self.url = await _run_app(app, host, port, ssl_context)
-        return self.url
-
-    async def stop(self) -> None:
-        """Stop serving; requests still in progress (hang, slow...) are cancelled."""
-        runner, self._runner = self._runner, None
-        if runner is None:
-            return
-        # Cancel handlers first so that cleanup does not wait its grace period on a hang.
-        for task in list(self._inflight):
-            task.cancel()
-        await runner.cleanup()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
+        return app
 
     async def _stats(self, request: web.Request) -> web.Response:
         body = _stats_body(len(self.requests), len(self.ok_requests()))
@@ -393,35 +359,22 @@ async def _trickle(request: web.Request, delay: float, reply: StatusReply) -> No
 # --- process entry point ----------------------------------------------------------------------
 
 
-async def _run_app(
-    app: web.Application, host: str, port: int, ssl_context: ssl.SSLContext | None = None
-) -> tuple[web.AppRunner, str]:
-    """Start ``app`` and return its runner and URL (``https`` with ``ssl_context``).
-
-    ``handler_cancellation`` makes a client disconnect cancel its handler, so a ``hang`` or
-    ``slow`` handler does not outlive the connection it was answering.
-    """
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, host, port, ssl_context=ssl_context).start()
-    except BaseException:
-        await runner.cleanup()
-        raise
-    shown = f"[{host}]" if ":" in host else host
-    scheme = "http" if ssl_context is None else "https"
-    return runner, f"{scheme}://{shown}:{runner.addresses[0][1]}"
-
-
 def _stats_body(requests: int, ok: int) -> bytes:
     return json.dumps({"requests": requests, "ok": ok}).encode()
 
 
-class _Counter:
+class _Counter(LocalServer):
     """The ``--fast`` receiver: read the body, count, answer 200. Nothing else per request."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.count = 0
+
+    def build_app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/{tail:.*}", self.handle)
+        app.router.add_get("/_stats", self.stats)
+        return app
 
     async def handle(self, request: web.Request) -> web.Response:
         await request.read()
@@ -445,24 +398,17 @@ async def serve_forever(
     ``on_ready`` is called with the URL once listening. With ``fast`` the receiver only counts.
     """
     stop = stop or asyncio.Event()
-    if fast:
-        counter = _Counter()
-        app = web.Application()
-        app.router.add_post("/{tail:.*}", counter.handle)
-        app.router.add_get("/_stats", counter.stats)
-        runner, url = await _run_app(app, host, port)
-        try:
-            if on_ready is not None:
-                on_ready(url)
-            await stop.wait()
-        finally:
-            await runner.cleanup()
-        return counter.count, counter.count
-    async with Receiver() as receiver:
+    server: _Counter | Receiver = _Counter() if fast else Receiver()
+    await server.start(host, port)
+    try:
         if on_ready is not None:
-            on_ready(receiver.url)
+            on_ready(server.url)
         await stop.wait()
-    return len(receiver.requests), len(receiver.ok_requests())
+    finally:
+        await server.stop()
+    if isinstance(server, _Counter):
+        return server.count, server.count
+    return len(server.requests), len(server.ok_requests())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

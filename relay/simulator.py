@@ -31,12 +31,13 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import orjson
 from aiohttp import web
+
+from relay.localserver import LocalServer
 
 logger = logging.getLogger(__name__)
 
@@ -200,7 +201,7 @@ def _outside_number(rng: random.Random) -> str:
     return f"(555) 01{rng.randint(0, 9)}-{rng.randint(0, 9999):04d}"
 
 
-class SimulatedWebFones:
+class SimulatedWebFones(LocalServer):
     """The simulated API. ``keys`` maps each API key to an account label.
 
     ``rate_limit=(requests, per_seconds)`` enables a per-key sliding window (per client IP when no
@@ -218,6 +219,7 @@ class SimulatedWebFones:
         seed: int = 0,
         clock: Callable[[], float] | None = None,
     ) -> None:
+        super().__init__()
         self.zone = ZoneInfo(timezone)
         self.rate_limit = rate_limit
         self.request_log: list[RequestLogEntry] = []
@@ -242,9 +244,6 @@ class SimulatedWebFones:
         self._fault_prob = 0.0
         self._fault_choices: tuple[Fault, ...] = ()
         self._added: asyncio.Event | None = None
-        self._runner: web.AppRunner | None = None
-        self._inflight: set[asyncio.Task[Any]] = set()
-        self.url = ""
 
     # --- records -----------------------------------------------------------------------------
 
@@ -533,35 +532,10 @@ class SimulatedWebFones:
 
     # --- lifecycle ---------------------------------------------------------------------------
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        """Serve on ``host:port`` (0 = any free port) and return the base URL.
-
-        Already running (e.g. inside ``async with``): just return the URL.
-        """
-        if self._runner is not None:
-            return self.url
+    def build_app(self) -> web.Application:
         app = web.Application()
         app.router.add_get(PATH, self._handle)
-        self._runner, self.url = await _serve_app(app, host, port)
-        return self.url
-
-    async def stop(self) -> None:
-        """Stop serving; requests still in progress are cancelled. Safe to call twice."""
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await _stop_app(runner, self._inflight)
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
+        return app
 
 
 def _api_key(request: web.Request) -> str | None:
@@ -633,28 +607,3 @@ async def _huge(request: web.Request, body: bytes, fault: HugeFault) -> web.Stre
         await response.write(tail)
         await response.write_eof()
     return response
-
-
-async def _serve_app(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, str]:
-    """Start ``app`` and return its runner and URL.
-
-    ``handler_cancellation`` makes a client disconnect cancel its handler, so a slow or hanging
-    handler does not outlive the connection it was answering.
-    """
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, host, port).start()
-    except BaseException:
-        await runner.cleanup()
-        raise
-    bound = runner.addresses[0][1]
-    shown = f"[{host}]" if ":" in host else host
-    return runner, f"http://{shown}:{bound}"
-
-
-async def _stop_app(runner: web.AppRunner, inflight: set[asyncio.Task[Any]]) -> None:
-    # Cancel handlers first so that cleanup does not wait its grace period on a slow fault.
-    for task in list(inflight):
-        task.cancel()
-    await runner.cleanup()

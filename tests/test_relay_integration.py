@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
-
 import orjson
 
 from relay.receiver import Reply
@@ -13,6 +11,7 @@ from tests.helpers import (
     KEY_A,
     KEY_B,
     Sub,
+    ago,
     make_settings,
     new_secret,
     rids,
@@ -20,12 +19,6 @@ from tests.helpers import (
     verify_all,
     wait_until_async,
 )
-
-
-def ago(seconds: float) -> dt.datetime:
-    return dt.datetime.now(dt.UTC).replace(tzinfo=None, microsecond=0) - dt.timedelta(
-        seconds=seconds
-    )
 
 
 async def test_same_second_burst_reaches_every_subscriber_once(sim, receiver_factory, tmp_path):
