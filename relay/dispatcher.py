@@ -159,6 +159,8 @@ class SubscriberDispatcher:
                 continue
             if claimed and self._soonest is not None and self._soonest <= self._clock():
                 self._soonest = None
+            if claimed:
+                self.disabled = False  # the store hands out work only to enabled subscribers
             for d in claimed:
                 if d.id not in self._held:
                     self._held.add(d.id)
@@ -220,6 +222,11 @@ class SubscriberDispatcher:
             await self._deliver(delivery)
 
     async def _deliver(self, delivery: Delivery) -> None:
+        if self.disabled:
+            # 410 Gone arrived for an earlier delivery: do not send the rest of the buffer to a
+            # receiver that is gone; hand it back so a re-enable finds it due at once.
+            await self._give_back(delivery)
+            return
         try:
             outcome = await self._sender.send(delivery)
             finished = self._decide(delivery, outcome)
@@ -233,6 +240,16 @@ class SubscriberDispatcher:
         self._held.discard(delivery.id)
         self._space.set()
         self._log(delivery, outcome, finished)
+
+    async def _give_back(self, delivery: Delivery) -> None:
+        try:
+            await self._store.release([delivery.id])
+        except StoreError as exc:
+            # Still leased in the store: its lease expiry makes it due again.
+            log.warning("cannot release a delivery: %s", exc, extra={"subscriber": self.name})
+        finally:
+            self._held.discard(delivery.id)
+            self._space.set()
 
     def _decide(self, delivery: Delivery, outcome: AttemptOutcome) -> Finished:
         attempts = delivery.attempts + 1

@@ -312,3 +312,23 @@ async def test_stop_in_the_middle_of_a_batch_releases_and_redelivers(
             timeout=10,
         )
     verify_all(rx.requests, secret)
+
+
+async def test_gone_stops_sending_the_claimed_buffer(sim, receiver_factory, tmp_path):
+    rx, url = await receiver_factory()
+    rx.set_default(Reply.status(410))
+    for _ in range(20):
+        sim.add_record(KEY_A, started_at=ago(10))
+    settings = make_settings(
+        tmp_path, sim.url, [Sub("gone", url, new_secret(), {"max_in_flight": 1})]
+    )
+    async with running(settings) as relay:
+        assert relay.supervisor is not None
+        store = relay.supervisor.store
+
+        async def disabled_with_all_kept() -> bool:
+            stats = (await store.stats())["subscribers"].get("gone", {})
+            return bool(stats.get("disabled")) and stats.get("pending") == 20
+
+        await wait_until_async(disabled_with_all_kept, timeout=10)
+    assert len(rx.requests) == 1, "one 410 is enough: the rest of the buffer is handed back"
