@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, TextIO
 
 import orjson
@@ -40,11 +40,29 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
     return {name: getattr(record, name) for name in FIELDS if hasattr(record, name)}
 
 
+class _SecondStamp:
+    """strftime once per second, not once per line: a busy relay logs thousands a second."""
+
+    def __init__(self, fmt: str, convert: Callable[[float], time.struct_time]) -> None:
+        self._fmt, self._convert = fmt, convert
+        self._second, self._text = -1, ""
+
+    def __call__(self, created: float) -> str:
+        second = int(created)
+        if second != self._second:
+            self._second, self._text = second, time.strftime(self._fmt, self._convert(created))
+        return self._text
+
+
 class TextFormatter(logging.Formatter):
     """``2026-11-29 08:40:13.123 INFO  relay.dispatcher delivered account=main rid=7 …``"""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._stamp = _SecondStamp("%Y-%m-%d %H:%M:%S", time.localtime)
+
     def format(self, record: logging.LogRecord) -> str:
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.created))
+        stamp = self._stamp(record.created)
         line = f"{stamp}.{int(record.msecs):03d} {record.levelname:<7} {record.name} "
         line += record.getMessage()
         for key, value in _fields(record).items():
@@ -57,10 +75,13 @@ class TextFormatter(logging.Formatter):
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: ts, level, logger, msg, then the structured fields."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._stamp = _SecondStamp("%Y-%m-%dT%H:%M:%S", time.gmtime)
+
     def format(self, record: logging.LogRecord) -> str:
         doc: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "ts": f"{self._stamp(record.created)}.{int(record.msecs):03d}Z",
             "level": record.levelname,
             "logger": record.name,
             "msg": record.getMessage(),

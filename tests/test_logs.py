@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import time
 from collections.abc import Iterator
 
 import orjson
@@ -63,3 +64,15 @@ def test_secrets_are_redacted_everywhere(fmt: str, restore_root: None) -> None:
     text = out.getvalue()
     assert SECRET not in text
     assert text.count("[redacted]") >= 3
+
+
+def test_timestamp_cache_changes_with_the_second() -> None:
+    from relay.logs import _SecondStamp
+
+    stamp = _SecondStamp("%H:%M:%S", time.gmtime)
+    assert [stamp(t) for t in (3600.1, 3600.9, 3601.0, 3600.5)] == [
+        "01:00:00",
+        "01:00:00",
+        "01:00:01",
+        "01:00:00",
+    ]
