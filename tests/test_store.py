@@ -35,7 +35,7 @@ from relay.models import (
     Quarantined,
 )
 from relay.store import Store, open_store
-from relay.store import sqlite as sqlite_backend
+from relay.store import sqlite_sql as sqlite_backend
 from relay.store.sqlite import SqliteStore, integrity_check
 
 REPO = Path(__file__).resolve().parents[1]

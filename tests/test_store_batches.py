@@ -15,7 +15,7 @@ import pytest
 
 from relay.models import Attempt, CallRecord, Finished, IngestBatch, Outcome
 from relay.signing import webhook_id
-from relay.store import sqlite as backend
+from relay.store import sqlite_sql as backend
 from relay.store.sqlite import SqliteStore
 
 T0 = 1_000.0
