@@ -28,6 +28,7 @@ from relay.runner import install_signal_handlers, loop_factory, run_relay
 from relay.signing import decode_secret, verify
 from relay.simulator import SimulatedWebFones
 
+MAX_DEMO = 24 * 3600.0  # seconds a demo without --duration keeps producing calls
 DEMO_KEY = "demo-" + "k" * 27  # the simulated API's key; not a real WebFones key
 
 
@@ -153,7 +154,8 @@ async def demo(duration: float | None, rate: float, seed: int | None) -> int:
                 flush=True,
             )
             producer = asyncio.ensure_future(
-                sim.produce(DEMO_KEY, rate=rate, duration=duration, max_late=300)
+                # Without --duration the demo runs until Ctrl-C; the producer is still bounded.
+                sim.produce(DEMO_KEY, rate=rate, duration=duration or MAX_DEMO, max_late=300)
             )
             director = asyncio.ensure_future(
                 _finish_after(duration, producer, sim, [crm, slack], stop)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -88,3 +89,29 @@ def test_demo_delivers_every_simulated_call_with_valid_signatures() -> None:
     assert crm == produced and slack == produced
     assert rejected == 0
     assert len(re.findall(r"^\d\d:\d\d:\d\d  crm ", proc.stdout, re.M)) == produced
+
+
+def test_demo_without_duration_runs_until_ctrl_c() -> None:
+    """The README's first command runs `relay demo` with no options: it must run, then stop
+    cleanly on Ctrl-C."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "relay", "demo", "--rate", "5", "--seed", "4"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+        assert proc.stdout is not None
+        lines = []
+        for line in proc.stdout:  # wait for the first delivered call, however long it takes
+            lines.append(line)
+            if re.match(r"^\d\d:\d\d:\d\d  (crm|slack) ", line):
+                break
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert "calls produced" in out, "".join(lines) + out + err
+    assert "rejected signatures: 0" in out
