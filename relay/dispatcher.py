@@ -237,9 +237,19 @@ class SubscriberDispatcher:
             # A bug, not a receiver fault: forget the claim so its lease expiry brings it back.
             self._held.discard(delivery.id)
             raise
+        if finished.outcome is Outcome.GONE:
+            await self._disable_now()
         self._held.discard(delivery.id)
         self._space.set()
         self._log(delivery, outcome, finished)
+
+    async def _disable_now(self) -> None:
+        # Written at once rather than with the batched result: until the store knows, the
+        # claimer would take back the deliveries the workers hand back and send them again.
+        try:
+            await self._store.set_subscriber_disabled(self.name, "410 Gone")
+        except StoreError as exc:
+            log.warning("cannot record 410 Gone yet: %s", exc, extra={"subscriber": self.name})
 
     async def _give_back(self, delivery: Delivery) -> None:
         try:
