@@ -7,7 +7,6 @@ It is handed its ``aiohttp.ClientSession``; it does not build one.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import time
@@ -241,9 +240,3 @@ def _json_repr(doc: dict[str, Any], key: str) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return _JSON_TYPES.get(type(value), "a number")
-
-
-async def close_quietly(session: aiohttp.ClientSession) -> None:
-    """Close a session and give its transports one loop turn to finish closing."""
-    await session.close()
-    await asyncio.sleep(0)
