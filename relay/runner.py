@@ -13,6 +13,7 @@ import aiohttp
 
 from relay.admin import AdminServer
 from relay.config import Settings
+from relay.http1 import Http1Client
 from relay.store import open_store
 from relay.supervisor import Supervisor
 
@@ -22,20 +23,20 @@ log = logging.getLogger(__name__)
 @contextlib.asynccontextmanager
 async def sessions(
     settings: Settings,
-) -> AsyncIterator[tuple[aiohttp.ClientSession, aiohttp.ClientSession]]:
-    """One session for WebFones and one for receivers, so neither's pool starves the other."""
+) -> AsyncIterator[tuple[aiohttp.ClientSession, Http1Client]]:
+    """An aiohttp session for WebFones and the lean client for receivers (:mod:`relay.http1`).
+
+    Concurrency to receivers is bounded by each subscriber's workers, one connection each.
+    """
     upstream = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=16), raise_for_status=False
     )
-    # Concurrency to receivers is bounded by each subscriber's workers, not by the pool.
-    delivery = aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300), raise_for_status=False
-    )
+    delivery = Http1Client()
     try:
         yield upstream, delivery
     finally:
         await upstream.close()
-        await delivery.close()
+        delivery.close()
 
 
 async def run_relay(

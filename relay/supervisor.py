@@ -21,6 +21,7 @@ from relay.budget import KeyBudget
 from relay.config import Settings
 from relay.dispatcher import ResultWriter, SubscriberDispatcher
 from relay.errors import StoreError
+from relay.http1 import Http1Client
 from relay.poller import AccountPoller
 from relay.sender import Sender
 from relay.store.base import Store
@@ -40,7 +41,7 @@ class Supervisor:
         settings: Settings,
         store: Store,
         upstream_session: aiohttp.ClientSession,
-        delivery_session: aiohttp.ClientSession,
+        delivery_client: Http1Client,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
@@ -65,7 +66,7 @@ class Supervisor:
                 sub,
                 settings.delivery,
                 store,
-                Sender(delivery_session, sub, settings.delivery.response_cap),
+                Sender(delivery_client, sub, settings.delivery.response_cap),
                 self.results,
                 clock,
             )
