@@ -84,14 +84,25 @@ class _Connection(asyncio.Protocol):
         self._body = bytearray()
         self._interim = False
         self._got_bytes = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._time_limit = 0.0
 
     # -- used by the pool -------------------------------------------------------------------
 
-    def request(self, data: bytes, cap: int) -> asyncio.Future[Response]:
-        """Send one request; the future resolves with its answer (or the reason there is none)."""
+    def request(
+        self, data: bytes, cap: int, deadline: float, time_limit: float
+    ) -> asyncio.Future[Response]:
+        """Send one request; the future resolves with its answer (or the reason there is none).
+
+        At ``deadline`` (loop time) the connection is closed, and the future resolves with what
+        arrived (if the status did) or fails with TimeoutError. One timer handle per request
+        costs a fraction of an ``asyncio.timeout`` block on this hot path.
+        """
         assert self._transport is not None and self._waiter is None
         loop = asyncio.get_running_loop()
         self._waiter = waiter = loop.create_future()
+        self._timer = loop.call_at(deadline, self._expire)
+        self._time_limit = time_limit
         self._cap = cap
         self._status = None
         self._headers = {}
@@ -100,15 +111,12 @@ class _Connection(asyncio.Protocol):
         self._transport.write(data)
         return waiter
 
-    def partial(self, error: str) -> Response | None:
-        """What arrived so far, if the status did (used when the attempt times out)."""
-        if self._status is None or self._interim:
-            return None
-        return Response(self._status, self._headers, bytes(self._body), error)
-
     def abort(self) -> None:
         self.reusable = False
         self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._transport is not None:
             self._transport.abort()
 
@@ -191,13 +199,29 @@ class _Connection(asyncio.Protocol):
 
     # -- internals --------------------------------------------------------------------------
 
+    def _expire(self) -> None:
+        self._timer = None
+        if self._waiter is not None and not self._waiter.done():
+            if self._status is None or self._interim:
+                self._fail(TimeoutError())
+            else:
+                # The status arrived, so the receiver did answer; only the body is missing.
+                self._finish(f"timeout after {self._time_limit:g}s")
+        self.abort()
+
     def _finish(self, error: str | None) -> None:
         assert self._status is not None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         waiter, self._waiter = self._waiter, None
         if waiter is not None and not waiter.done():
             waiter.set_result(Response(self._status, self._headers, bytes(self._body), error))
 
     def _fail(self, exc: Exception) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         waiter, self._waiter = self._waiter, None
         if waiter is not None and not waiter.done():
             waiter.set_exception(exc)
@@ -243,8 +267,8 @@ class Endpoint:
     ) -> Response:
         """POST ``body`` with the endpoint's headers plus ``headers`` (this attempt's own).
 
-        Raises TimeoutError if no status arrived within ``time_limit`` (a status that did arrive is
-        returned with ``error`` set instead), :class:`Disconnected`, :class:`BadResponse`,
+        Raises TimeoutError if no status arrived within ``time_limit`` (a status that did arrive
+        is returned with ``error`` set instead), :class:`Disconnected`, :class:`BadResponse`,
         ``ssl.SSLError`` or ``OSError``.
         """
         extra = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
@@ -254,25 +278,21 @@ class Endpoint:
             len(body),
             body,
         )
+        deadline = asyncio.get_running_loop().time() + time_limit
         conn: _Connection | None = None
         try:
-            async with asyncio.timeout(time_limit):
-                conn, reused = await self._acquire(force_new=False)
-                try:
-                    answer = await conn.request(data, cap)
-                except Disconnected as exc:
-                    if not reused or exc.got_bytes:
-                        raise
-                    # A kept-alive connection that the receiver had closed: once more, fresh.
-                    conn, _ = await self._acquire(force_new=True)
-                    answer = await conn.request(data, cap)
-        except BaseException as exc:
+            conn, reused = await self._acquire(False, deadline)
+            try:
+                answer = await conn.request(data, cap, deadline, time_limit)
+            except Disconnected as exc:
+                if not reused or exc.got_bytes:
+                    raise
+                # A kept-alive connection that the receiver had closed: once more, fresh.
+                conn, _ = await self._acquire(True, deadline)
+                answer = await conn.request(data, cap, deadline, time_limit)
+        except BaseException:
             if conn is not None:
                 conn.abort()
-                if isinstance(exc, TimeoutError):
-                    partial = conn.partial(f"timeout after {time_limit:g}s")
-                    if partial is not None:
-                        return partial
             raise
         if conn.reusable and answer.error is None:
             conn.idle_since = time.monotonic()
@@ -281,7 +301,7 @@ class Endpoint:
             conn.abort()
         return answer
 
-    async def _acquire(self, force_new: bool) -> tuple[_Connection, bool]:
+    async def _acquire(self, force_new: bool, deadline: float) -> tuple[_Connection, bool]:
         """The most recently used live idle connection (least likely to have been closed by the
         receiver's own idle timeout), or a new one."""
         now = time.monotonic()
@@ -292,13 +312,14 @@ class Endpoint:
             conn.abort()
         loop = asyncio.get_running_loop()
         origin = self._origin
-        _, conn = await loop.create_connection(
-            _Connection,
-            origin.host,
-            origin.port,
-            ssl=self._ssl,
-            server_hostname=origin.host if self._ssl is not None else None,
-        )
+        async with asyncio.timeout_at(deadline):
+            _, conn = await loop.create_connection(
+                _Connection,
+                origin.host,
+                origin.port,
+                ssl=self._ssl,
+                server_hostname=origin.host if self._ssl is not None else None,
+            )
         return conn, False
 
     def close(self) -> None:
