@@ -136,13 +136,25 @@ class _Connection(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._finish("the receiver switched protocols")
+            if self._status is None:
+                self._fail(BadResponse("invalid HTTP response: an upgrade without a status"))
+            else:
+                self._finish("the receiver switched protocols")
             self.abort()
         except httptools.HttpParserError as exc:
-            self._fail(BadResponse(f"invalid HTTP response: {exc}"))
+            if self._waiter is not None and self._status is not None and not self._interim:
+                # The status arrived, so the receiver did answer; only the body is broken.
+                self._finish(f"invalid HTTP response body: {exc}")
+            else:
+                self._fail(BadResponse(f"invalid HTTP response: {exc}"))
             self.abort()
         else:
-            if self._status is not None and not self._interim and len(self._body) >= self._cap:
+            if (
+                self._waiter is not None
+                and self._status is not None
+                and not self._interim
+                and len(self._body) >= self._cap
+            ):
                 # Enough kept; the rest is not drained: this connection is closed instead.
                 self._finish(None)
                 self.abort()
@@ -169,6 +181,8 @@ class _Connection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         if self._waiter is None:
             self.reusable = False  # a second answer to one request: the stream is out of step
+        # A fresh dict per answer: the Response built for the previous one keeps its own.
+        self._headers = {}
 
     def on_header(self, name: bytes, value: bytes) -> None:
         key = name.decode("latin-1").lower()
@@ -261,6 +275,7 @@ class Endpoint:
         head += "".join(f"{name}: {value}\r\n" for name, value in headers.items())
         self._head = head.encode("utf-8")
         self._idle: list[_Connection] = []
+        self._closed = False
 
     async def post(
         self, headers: dict[str, str], body: bytes, *, time_limit: float, cap: int
@@ -294,7 +309,7 @@ class Endpoint:
             if conn is not None:
                 conn.abort()
             raise
-        if conn.reusable and answer.error is None:
+        if conn.reusable and answer.error is None and not self._closed:
             conn.idle_since = time.monotonic()
             self._idle.append(conn)
         else:
@@ -324,6 +339,7 @@ class Endpoint:
 
     def close(self) -> None:
         """Close the idle connections (ones in use close when their request ends)."""
+        self._closed = True
         while self._idle:
             self._idle.pop().abort()
 
