@@ -177,7 +177,7 @@ async def isolation(ctx: Ctx, upstream: str) -> None:
     async with procs.fast_receiver(ctx.logs) as rx, procs.bench_receiver("hang", 1, ctx.logs) as bh:
         healthy = ("healthy", f"{rx.url}/healthy")
         hole = ("blackhole", f"{bh[0]}/blackhole")
-        for rep in range(sz.reps):
+        for rep in range(sz.isolation_reps):
             for subs in (
                 ([healthy], [healthy, hole]) if rep % 2 == 0 else ([healthy, hole], [healthy])
             ):

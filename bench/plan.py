@@ -94,7 +94,7 @@ FULL = Sizes(
     idle_seconds=60.0,
     budget=(20, 10.0),
     budget_seconds=32.0,
-    isolation=10_000,
+    isolation=30_000,
     isolation_reps=5,
 )
 
