@@ -202,13 +202,13 @@ def _time_responses(tracker: Tracker) -> None:
     """Note when each upstream response had fully arrived (before it is parsed)."""
     import relay.upstream as upstream
 
-    interpret = upstream._interpret
+    parse_200 = upstream.parse_200
 
-    def timed(status: int, headers: Any, body: bytes) -> Any:
+    def timed(content_type: str, body: bytes) -> Any:
         tracker.responses.append({"at": time.monotonic(), "bytes": len(body)})
-        return interpret(status, headers, body)
+        return parse_200(content_type, body)
 
-    upstream._interpret = timed  # type: ignore[assignment]
+    upstream.parse_200 = timed  # type: ignore[assignment]
 
 
 async def stdin_lines() -> asyncio.StreamReader:

@@ -49,7 +49,9 @@ class UpstreamRateLimited(UpstreamError):
 
 
 class MalformedResponse(UpstreamError):
-    """The body is not the documented JSON; nothing from it is stored and the cursor stays."""
+    """The body is not the documented JSON; the cursor stays. (Records of a large, streamed body
+    that came before the fault may be stored already; they are de-duplicated when the window is
+    read again.)"""
 
 
 class StoreError(RelayError):

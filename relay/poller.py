@@ -8,7 +8,10 @@ Detection rests on three things (see the README's design notes):
 * every rid is de-duplicated in durable storage in the same transaction that stores the record.
 
 A failure anywhere before the ingest commit leaves the cursor where it was, so the next poll
-re-reads the same window: nothing is skipped.
+re-reads the same window: nothing is skipped. A large response (a catch-up after an outage) is
+stored in batches of :data:`BATCH_RECORDS`, each its own transaction, and only the last one moves
+the cursor: a failure half-way keeps the cursor, and the batches already stored are de-duplicated
+when the window is read again.
 """
 
 from __future__ import annotations
@@ -18,14 +21,17 @@ import hashlib
 import logging
 import random
 import time
+from array import array
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import orjson
 
 from relay.aio import unless_stopped, wait_or_stop
+from relay.body import FetchResult, StreamAbandoned, StreamedBody
 from relay.budget import KeyBudget
 from relay.config import AccountSettings, Settings
 from relay.envelope import build_body
@@ -41,6 +47,7 @@ from relay.retry import upstream_backoff
 from relay.store.base import Store
 from relay.upstream import Credentials, WebFonesClient
 from relay.window import (
+    PollPlan,
     WindowPolicy,
     advance_cursor,
     plan_poll,
@@ -58,6 +65,39 @@ PRUNE_MARGIN = 3600.0  # de-dup memory is kept this much longer than the look-ba
 # Bad records remembered (by a hash of their bytes) so that one the upstream serves on every poll
 # is kept aside and logged once per run, not once per poll.
 QUARANTINE_MEMORY = 10_000
+# A large response is parsed SLICE_RECORDS records at a time (as Python objects, about 2 KB
+# each) and stored BATCH_RECORDS at a time (as webhook bodies, about 0.5 KB each), one transaction
+# per batch: only a slice ever exists as objects, and larger transactions are faster in total.
+SLICE_RECORDS = 1_000
+BATCH_RECORDS = 10_000
+
+
+@dataclass(slots=True)
+class _Poll:
+    """One poll in progress, across the batches of a streamed response."""
+
+    plan: PollPlan
+    received_at: float
+    skew_limit: str  # call_timestamps after this do not move the cursor
+    new: int = 0  # records newly stored
+    received: int = 0  # records of the response prepared so far
+    newest: str | None = None  # the newest plausible call_timestamp prepared so far
+    # Valid rids of the batches stored so far, 8 bytes each (a set of ints would take ~70).
+    stored: array[int] = field(default_factory=lambda: array("q"))
+
+    def restart(self) -> None:
+        """Start over with the whole response (what was stored stays: it is de-duplicated)."""
+        self.received = 0
+        self.stored = array("q")
+
+
+@dataclass(slots=True)
+class _Batch:
+    """Records validated and turned into bodies, to be stored in one transaction."""
+
+    records: list[CallRecord] = field(default_factory=list)
+    fresh_invalid: list[tuple[Any, str, bytes, bytes]] = field(default_factory=list)
+    rids: set[int] = field(default_factory=set)  # valid rids, for a streamed response
 
 
 class AccountPoller:
@@ -175,46 +215,25 @@ class AccountPoller:
             sweep_from=self._anchor,
         )
         await self._budget.acquire()
-        result = await self._client.fetch(self._credentials, plan.since)
-        # A count above the records means the answer admits it is incomplete: store what came,
-        # but keep the cursor, so that whatever is missing is asked for again.
-        complete = result.count is None or result.count <= len(result.records)
-        if result.count is not None and result.count != len(result.records):
-            log.warning(
-                "count says %d but %d records came; using the records%s",
-                result.count,
-                len(result.records),
-                "" if complete else ", cursor kept",
-                extra={"account": self.name},
-            )
-        valid, invalid = validate_records(result.records)
+        response = await self._client.fetch(self._credentials, plan.since)
         received_at = self._clock()
-        records = [
-            CallRecord(v.rid, v.call_ts, build_body(self.name, received_at, v.record))
-            for v in valid
-        ]
-        fresh_invalid = self._not_yet_quarantined(invalid)
-        quarantined = [Quarantined(data, reason) for _, reason, data, _ in fresh_invalid]
-        cursor = self._cursor.newest
-        if complete:
-            cursor = advance_cursor(
-                cursor,
-                (r.call_ts for r in records),
-                received_at,
-                self._tz,
-                self._settings.upstream.max_clock_skew,
-            )
-        batch = IngestBatch(
-            account=self.name,
-            records=records,
-            subscribers=self._subscribers,
-            received_at=received_at,
-            cursor=cursor,
-            quarantined=quarantined,
-            seed_only=plan.seed_only,
-        )
-        outcome = await self._store.ingest(batch)
-        self._remember_quarantined(fresh_invalid)
+        skew = self._settings.upstream.max_clock_skew
+        poll = _Poll(plan, received_at, skew_limit(received_at, self._tz, skew))
+        if isinstance(response, StreamedBody):
+            try:
+                cursor = await self._ingest_stream(poll, response)
+            except StreamAbandoned as exc:
+                log.info(
+                    "large response (%d bytes) parsed whole: %s",
+                    response.nbytes,
+                    exc,
+                    extra={"account": self.name},
+                )
+                poll.restart()
+                whole = response.whole()
+                cursor = await self._ingest_last(poll, whole, _Batch(), streamed=False)
+        else:
+            cursor = await self._ingest_last(poll, response, _Batch(), streamed=False)
         last_sweep = self._cursor.last_sweep
         if plan.sweep or plan.seed_only:
             last_sweep = received_at
@@ -224,21 +243,115 @@ class AccountPoller:
             self._anchor = cursor
         self._cursor = AccountCursor(newest=cursor, last_sweep=last_sweep)
         self.polls += 1
-        self._log_new(outcome.new_rids, records, plan.seed_only)
-        if not plan.seed_only:
-            self._log_odd_timestamps(outcome.new_rids, records, plan.since, received_at)
-        if outcome.new_rids and not plan.seed_only and self._subscribers:
-            self._notify(self._subscribers)
+        if plan.seed_only and poll.new:
+            log.info(
+                "start_from=now: %d existing records remembered, not delivered",
+                poll.new,
+                extra={"account": self.name},
+            )
         log.debug(
             "polled",
             extra={
                 "account": self.name,
                 "since": plan.since,
-                "count": len(result.records),
-                "new": len(outcome.new_rids),
+                "count": poll.received,
+                "new": poll.new,
             },
         )
-        return len(outcome.new_rids)
+        return poll.new
+
+    async def _ingest_stream(self, poll: _Poll, body: StreamedBody) -> str | None:
+        """Store a large response batch by batch; the last batch moves the cursor (returned).
+
+        StreamAbandoned (before the batch concerned is stored) when a rid repeats in the
+        response: which copy is kept or quarantined is decided by comparing the records, which
+        only the whole-body path still has.
+        """
+        batch = _Batch()
+        for raw in body.batches(SLICE_RECORDS):
+            self._prepare(poll, raw, batch, streamed=True)
+            # The parser holds this list until it makes the next one: emptied now, the records
+            # as objects are gone while the batch is stored.
+            raw.clear()
+            if len(batch.records) >= BATCH_RECORDS:
+                _check_repeats(poll, batch)
+                await self._commit(poll, batch, None)
+                batch = _Batch()
+        assert body.result is not None  # batches() sets it when it ends
+        return await self._ingest_last(poll, body.result, batch, streamed=True)
+
+    async def _ingest_last(
+        self, poll: _Poll, result: FetchResult, batch: _Batch, *, streamed: bool
+    ) -> str | None:
+        """Store the last (or only) batch of a response with the new cursor, and return it."""
+        self._prepare(poll, result.records, batch, streamed=streamed)
+        _check_repeats(poll, batch)
+        # A count above the records means the answer admits it is incomplete: store what came,
+        # but keep the cursor, so that whatever is missing is asked for again.
+        complete = result.count is None or result.count <= poll.received
+        if result.count is not None and result.count != poll.received:
+            log.warning(
+                "count says %d but %d records came; using the records%s",
+                result.count,
+                poll.received,
+                "" if complete else ", cursor kept",
+                extra={"account": self.name},
+            )
+        cursor = self._cursor.newest
+        if complete and poll.newest is not None:
+            cursor = advance_cursor(
+                cursor,
+                [poll.newest],
+                poll.received_at,
+                self._tz,
+                self._settings.upstream.max_clock_skew,
+            )
+        await self._commit(poll, batch, cursor)
+        return cursor
+
+    def _prepare(self, poll: _Poll, raw: list[Any], batch: _Batch, *, streamed: bool) -> None:
+        """Validate records into ``batch`` as webhook bodies; note the newest plausible stamp."""
+        valid, invalid = validate_records(raw)
+        poll.received += len(raw)
+        if streamed:
+            rids = {v.rid for v in valid}
+            if not batch.rids.isdisjoint(rids):
+                raise StreamAbandoned("a rid repeats in the response")
+            batch.rids |= rids
+        # Every valid call_ts parses, and such text sorts like the time it names.
+        newest = max((v.call_ts for v in valid if v.call_ts <= poll.skew_limit), default=None)
+        if newest is not None and (poll.newest is None or newest > poll.newest):
+            poll.newest = newest
+        batch.records.extend(
+            CallRecord(v.rid, v.call_ts, build_body(self.name, poll.received_at, v.record))
+            for v in valid
+        )
+        batch.fresh_invalid.extend(self._not_yet_quarantined(invalid))
+
+    async def _commit(self, poll: _Poll, batch: _Batch, cursor: str | None) -> None:
+        """Store one batch in one transaction (``cursor`` None: leave the cursor as it is)."""
+        outcome = await self._store.ingest(
+            IngestBatch(
+                account=self.name,
+                records=batch.records,
+                subscribers=self._subscribers,
+                received_at=poll.received_at,
+                cursor=cursor,
+                quarantined=[
+                    Quarantined(data, reason) for _, reason, data, _ in batch.fresh_invalid
+                ],
+                seed_only=poll.plan.seed_only,
+            )
+        )
+        poll.stored.extend(batch.rids)
+        self._remember_quarantined(batch.fresh_invalid)
+        poll.new += len(outcome.new_rids)
+        if poll.plan.seed_only or not outcome.new_rids:
+            return
+        self._log_new(outcome.new_rids, batch.records)
+        self._log_odd_timestamps(outcome.new_rids, batch.records, poll.plan.since, poll.received_at)
+        if self._subscribers:
+            self._notify(self._subscribers)
 
     def _not_yet_quarantined(
         self, invalid: list[tuple[Any, str]]
@@ -290,15 +403,7 @@ class AccountPoller:
                     extra={"account": self.name, "rid": record.rid},
                 )
 
-    def _log_new(self, new_rids: list[int], records: list[CallRecord], seed_only: bool) -> None:
-        if seed_only:
-            if new_rids:
-                log.info(
-                    "start_from=now: %d existing records remembered, not delivered",
-                    len(new_rids),
-                    extra={"account": self.name},
-                )
-            return
+    def _log_new(self, new_rids: list[int], records: list[CallRecord]) -> None:
         if not log.isEnabledFor(logging.INFO) or not new_rids:
             return
         fresh = set(new_rids)
@@ -328,6 +433,12 @@ class AccountPoller:
             await self._store.set_account_status(self.name, status, error)
         except StoreError as exc:
             log.warning("cannot record account status: %s", exc, extra={"account": self.name})
+
+
+def _check_repeats(poll: _Poll, batch: _Batch) -> None:
+    """StreamAbandoned if a rid of ``batch`` was in a batch already stored for this response."""
+    if batch.rids and not batch.rids.isdisjoint(poll.stored):
+        raise StreamAbandoned("a rid repeats in the response")
 
 
 def _raw(value: Any) -> bytes:

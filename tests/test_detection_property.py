@@ -24,11 +24,12 @@ from zoneinfo import ZoneInfo
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from relay.body import FetchResult
 from relay.config import Settings
 from relay.errors import UpstreamError
 from relay.poller import AccountPoller
 from relay.store.sqlite import SqliteStore
-from relay.upstream import Credentials, FetchResult
+from relay.upstream import Credentials
 
 LOOKBACK = 600  # seconds
 RECENT = 60
