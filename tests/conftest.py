@@ -7,7 +7,18 @@ import pytest
 
 from relay.receiver import Receiver
 from relay.simulator import SimulatedWebFones
-from tests.helpers import KEY_A, KEY_B
+from tests.helpers import KEY_A, KEY_B, STARTED
+
+
+@pytest.fixture(autouse=True)
+async def reap_relay_processes() -> AsyncIterator[None]:
+    """Kill any relay process a test started and left running (e.g. because it failed)."""
+    yield
+    while STARTED:
+        proc = STARTED.pop()
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
 
 
 @pytest.fixture

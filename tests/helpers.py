@@ -153,12 +153,17 @@ def ago(seconds: float) -> dt.datetime:
     return now - dt.timedelta(seconds=seconds)
 
 
+# Every relay process a test started; conftest kills the ones still running when the test ends,
+# so that a failing test does not leave a relay behind.
+STARTED: list[asyncio.subprocess.Process] = []
+
+
 async def start_relay_process(
     config: Path, env: Mapping[str, str], log: Path, *args: str
 ) -> asyncio.subprocess.Process:
     """``relay run --config CONFIG`` as a real process, its stderr appended to ``log``."""
     with open(log, "ab") as stderr:  # the child keeps its own copy of the descriptor
-        return await asyncio.create_subprocess_exec(
+        proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
             "relay",
@@ -170,6 +175,8 @@ async def start_relay_process(
             stdout=asyncio.subprocess.DEVNULL,
             stderr=stderr,
         )
+    STARTED.append(proc)
+    return proc
 
 
 def sqlite_rows(path: Path | str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
