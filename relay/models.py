@@ -35,7 +35,8 @@ class IngestBatch:
     ``subscribers`` are the names of the subscribers that receive this account's records.
     ``cursor`` is the newest upstream ``call_timestamp`` the account has now seen (or None to
     leave it). With ``seed_only`` the records are remembered as seen but not delivered (used by
-    ``start_from: now`` on the first poll).
+    ``start_from: now`` on the first poll). A large response is ingested as several batches,
+    one transaction each, and only the last of them carries the cursor.
     """
 
     account: str
