@@ -258,7 +258,7 @@ class Endpoint:
         scheme = parts.scheme.lower()
         if scheme not in _DEFAULT_PORTS or not parts.hostname:
             raise ValueError("an http(s) URL is required")
-        host = parts.hostname if _is_ip(parts.hostname) else _idna(parts.hostname)
+        host = _wire_host(parts.hostname)
         port = parts.port or _DEFAULT_PORTS[scheme]
         self._origin = _Origin(host, port, scheme == "https")
         self._ssl = (ssl_context or default_ssl_context()) if self._origin.tls else None
@@ -344,20 +344,17 @@ class Endpoint:
             self._idle.pop().abort()
 
 
-def _is_ip(host: str) -> bool:
+def _wire_host(host: str) -> str:
+    """A host as it goes on the wire: an IP address as it is, a DNS name in IDNA form
+    (``münchen.de`` → ``xn--mnchen-3ya.de``)."""
     try:
         ipaddress.ip_address(host)
     except ValueError:
-        return False
-    return True
-
-
-def _idna(host: str) -> str:
-    """A DNS name as it goes on the wire (``münchen.de`` → ``xn--mnchen-3ya.de``)."""
-    try:
-        return host.encode("idna").decode("ascii")
-    except UnicodeError:
-        return host  # let the resolver say what is wrong with it
+        try:
+            return host.encode("idna").decode("ascii")
+        except UnicodeError:
+            return host  # let the resolver say what is wrong with it
+    return host
 
 
 class Http1Client:

@@ -947,3 +947,16 @@ async def test_cancelled_post_closes_its_connection_and_the_endpoint_stays_usabl
         await server.wait_for(lambda: server.peers[0].hung_up)
         assert await post(endpoint) == ok_conn(1)
     assert [len(p.requests) for p in server.peers] == [1, 1]
+
+
+@pytest.mark.parametrize(
+    ("host", "wire"),
+    [
+        ("127.0.0.1", "127.0.0.1"),
+        ("::1", "::1"),
+        ("hooks.example.com", "hooks.example.com"),
+        ("münchen.de", "xn--mnchen-3ya.de"),
+    ],
+)
+def test_hosts_go_on_the_wire_as_ip_addresses_or_idna(host: str, wire: str) -> None:
+    assert http1._wire_host(host) == wire
