@@ -61,11 +61,14 @@ class AccountCursor:
     """Durable per-account poll position.
 
     ``newest`` is the newest ``call_timestamp`` seen (None before the first successful poll);
-    ``last_sweep`` is the wall-clock time of the last full look-back sweep.
+    ``last_sweep`` is the wall-clock time of the last full look-back sweep, and
+    ``sweep_anchor`` the cursor as it stood right after it (the next sweep reads back from
+    there, so it must survive a restart).
     """
 
     newest: str | None
     last_sweep: float | None
+    sweep_anchor: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

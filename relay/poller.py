@@ -141,8 +141,7 @@ class AccountPoller:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Poll until ``stop`` is set, backing off on failures; never raises for upstream faults."""
-        self._cursor = await self._store.load_cursor(self.name)
-        self._anchor = self._cursor.newest
+        await self.load()
         failures = 0
         while not stop.is_set():
             delay = self._settings.upstream.poll_interval
@@ -203,6 +202,12 @@ class AccountPoller:
                 log.error("state store error: %s", exc, extra={"account": self.name})
             await wait_or_stop(stop, delay)
 
+    async def load(self) -> None:
+        """Take up the account's durable position (cursor, last sweep and its anchor)."""
+        self._cursor = await self._store.load_cursor(self.name)
+        # A file from before the anchor was kept has none: read back from the cursor, as then.
+        self._anchor = self._cursor.sweep_anchor or self._cursor.newest
+
     async def poll_once(self) -> int:
         """One poll: fetch the planned window and ingest it. Returns how many records were new."""
         now = self._clock()
@@ -237,11 +242,11 @@ class AccountPoller:
         last_sweep = self._cursor.last_sweep
         if plan.sweep or plan.seed_only:
             last_sweep = received_at
-            await self._store.mark_swept(self.name, received_at)
+            await self._store.mark_swept(self.name, received_at, cursor)
             if cursor is not None:
                 await self._prune(cursor, received_at)
             self._anchor = cursor
-        self._cursor = AccountCursor(newest=cursor, last_sweep=last_sweep)
+        self._cursor = AccountCursor(cursor, last_sweep, self._anchor)
         self.polls += 1
         if plan.seed_only and poll.new:
             log.info(

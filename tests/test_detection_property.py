@@ -111,7 +111,8 @@ appear = st.tuples(
     st.one_of(st.just(0), st.integers(0, 2 * LOOKBACK)),  # how long ago the call started
 )
 poll = st.tuples(st.just("poll"), st.booleans())  # True: this poll fails
-histories = st.lists(st.one_of(wait, appear, poll, poll), max_size=60)
+restart = st.tuples(st.just("restart"))  # a new poller over the same state file
+histories = st.lists(st.one_of(wait, appear, poll, poll, restart), max_size=60)
 
 
 async def run_history(steps: list[tuple[Any, ...]], timezone: str, start: datetime) -> None:
@@ -123,15 +124,21 @@ async def run_history(steps: list[tuple[Any, ...]], timezone: str, start: dateti
         store = SqliteStore(str(Path(tmp) / "state.db"))
         await store.open()
         try:
-            poller = AccountPoller(
-                conf.upstream.accounts[0],
-                conf,
-                store,
-                upstream,  # type: ignore[arg-type]
-                NoBudget(),  # type: ignore[arg-type]
-                lambda subscribers: None,
-                clock=lambda: clock[0],
-            )
+
+            async def start() -> AccountPoller:
+                poller = AccountPoller(
+                    conf.upstream.accounts[0],
+                    conf,
+                    store,
+                    upstream,  # type: ignore[arg-type]
+                    NoBudget(),  # type: ignore[arg-type]
+                    lambda subscribers: None,
+                    clock=lambda: clock[0],
+                )
+                await poller.load()  # what run() does first
+                return poller
+
+            poller = await start()
             newest: datetime | None = None
             rid = 1000
 
@@ -146,6 +153,8 @@ async def run_history(steps: list[tuple[Any, ...]], timezone: str, start: dateti
                 now = datetime.fromtimestamp(clock[0], UTC)
                 if step[0] == "wait":
                     clock[0] += step[1]
+                elif step[0] == "restart":
+                    poller = await start()
                 elif step[0] == "appear":
                     _, count, ago = step
                     started = (now - timedelta(seconds=ago)).replace(microsecond=0)
@@ -218,3 +227,6 @@ def test_a_late_record_is_caught_after_the_cursor_moved_past_its_lookback() -> N
         ("poll", False),  # not a sweep yet: reads t0 - RECENT onwards, cursor = t0 + 60
     ]  # then the closing sweeps, which must still reach back to C
     asyncio.run(run_history(steps, "UTC", T0))
+    # The same with a restart before those sweeps: where the last sweep left the cursor must
+    # come from the state file, not from memory.
+    asyncio.run(run_history([*steps, ("restart",)], "UTC", T0))

@@ -160,10 +160,17 @@ async def test_cursor_only_moves_forward(store: Store) -> None:
     await store.ingest(batch([], cursor="2024-05-01 11:00:00"))
     assert (await store.load_cursor("acct")).newest == "2024-05-01 11:00:00"
 
-    await store.mark_swept("acct", 5_000.0)
-    assert await store.load_cursor("acct") == AccountCursor("2024-05-01 11:00:00", 5_000.0)
-    await store.mark_swept("fresh", 6_000.0)
-    assert await store.load_cursor("fresh") == AccountCursor(None, 6_000.0)
+    await store.mark_swept("acct", 5_000.0, "2024-05-01 11:00:00")
+    assert await store.load_cursor("acct") == AccountCursor(
+        "2024-05-01 11:00:00", 5_000.0, "2024-05-01 11:00:00"
+    )
+    # The cursor moves on between sweeps; the anchor stays where the last sweep left it.
+    await store.ingest(batch([4], cursor="2024-05-01 12:00:00"))
+    assert await store.load_cursor("acct") == AccountCursor(
+        "2024-05-01 12:00:00", 5_000.0, "2024-05-01 11:00:00"
+    )
+    await store.mark_swept("fresh", 6_000.0, None)
+    assert await store.load_cursor("fresh") == AccountCursor(None, 6_000.0, None)
 
 
 async def test_one_delivery_per_subscriber_with_identical_bytes(store: Store) -> None:
@@ -334,7 +341,7 @@ async def test_reopen_keeps_everything_and_recovers_inflight(
 ) -> None:
     async with opened(store_factory()) as first:
         await first.ingest(batch([1, 2, 3], ("a", "b"), cursor=ts(3)))
-        await first.mark_swept("acct", 4_000.0)
+        await first.mark_swept("acct", 4_000.0, ts(2))
         await first.set_account_status("acct", "ok", None)
         inflight = await first.claim("a", 2, T0, 3_600.0)
         [dead] = await first.claim("b", 1, T0, LEASE)
@@ -342,7 +349,7 @@ async def test_reopen_keeps_everything_and_recovers_inflight(
         await first.set_subscriber_disabled("c", "410 Gone")
 
     async with opened(store_factory()) as second:
-        assert await second.load_cursor("acct") == AccountCursor(ts(3), 4_000.0)
+        assert await second.load_cursor("acct") == AccountCursor(ts(3), 4_000.0, ts(2))
         # The lease was live for another hour, but its holder is gone: due again now.
         claimed = await second.claim("a", 10, T0, LEASE)
         assert [d.id for d in claimed[:2]] == [d.id for d in inflight]
@@ -434,7 +441,7 @@ async def test_replay_by_subscriber_by_id_and_all(store: Store) -> None:
 async def test_stats_reports_accounts_subscribers_and_counts(store: Store) -> None:
     bad = [Quarantined(b"?", "no rid")]
     await store.ingest(IngestBatch("acct", [rec(1), rec(2)], ["a"], T0, ts(2), quarantined=bad))
-    await store.mark_swept("acct", 1_500.0)
+    await store.mark_swept("acct", 1_500.0, ts(2))
     await store.set_account_status("acct", "backing_off", "HTTP 503")
     await store.set_account_status("idle", "auth_failed", "HTTP 401")
     await store.set_subscriber_disabled("z", "410 Gone")
@@ -524,6 +531,24 @@ async def test_sqlite_schema_is_versioned(tmp_path: Path) -> None:
         conn.execute("CREATE TABLE customers (id INTEGER)")
     with pytest.raises(StoreError, match="some other program"):
         await SqliteStore(str(foreign)).open()
+
+
+async def test_a_version_1_state_file_is_migrated_and_keeps_its_cursor(tmp_path: Path) -> None:
+    # A file written by the first release: schema version 1, no sweep anchor column.
+    path = tmp_path / "state.db"
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.executescript(sqlite_backend.SCHEMA_V1)
+        conn.execute(
+            "INSERT INTO cursors (account, newest, last_sweep) VALUES (?, ?, ?)",
+            ("acct", ts(3), 4_000.0),
+        )
+        conn.execute("PRAGMA user_version = 1")
+        conn.commit()
+    async with opened(SqliteStore(str(path))) as store:
+        assert await store.load_cursor("acct") == AccountCursor(ts(3), 4_000.0, None)
+        await store.mark_swept("acct", 5_000.0, ts(3))
+        assert await store.load_cursor("acct") == AccountCursor(ts(3), 5_000.0, ts(3))
+    assert sqlite_rows(path, "PRAGMA user_version") == [(len(sqlite_backend.MIGRATIONS),)]
 
 
 async def test_sqlite_second_open_is_locked(tmp_path: Path) -> None:

@@ -50,8 +50,9 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def mark_swept(self, account: str, at: float) -> None:
-        """Remember when the account's last full look-back sweep succeeded."""
+    async def mark_swept(self, account: str, at: float, anchor: str | None) -> None:
+        """Remember when the account's last full look-back sweep succeeded, and the cursor
+        right after it (``anchor``), from which the next sweep reads back."""
 
     @abc.abstractmethod
     async def prune_seen(self, account: str, older_than_ts: str, seen_before: float) -> int:

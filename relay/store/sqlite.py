@@ -167,8 +167,8 @@ class SqliteStore(Store):
     async def ingest(self, batch: IngestBatch) -> IngestResult:
         return await self._run("ingest", q.ingest, batch)
 
-    async def mark_swept(self, account: str, at: float) -> None:
-        await self._run("mark swept", q.execute, q.SQL_MARK_SWEPT, (account, at))
+    async def mark_swept(self, account: str, at: float, anchor: str | None) -> None:
+        await self._run("mark swept", q.execute, q.SQL_MARK_SWEPT, (account, at, anchor))
 
     async def prune_seen(self, account: str, older_than_ts: str, seen_before: float) -> int:
         return await self._run(

@@ -106,8 +106,12 @@ CREATE TABLE subscriber_state (
 )
 """
 
+# Version 2: the sweep anchor is kept (it lived in memory, so the first sweep after a restart
+# read back from the current cursor and could miss a record written late behind the old one).
+SCHEMA_V2 = "ALTER TABLE cursors ADD COLUMN sweep_anchor TEXT"
+
 # MIGRATIONS[n] takes a file from ``PRAGMA user_version`` n to n + 1. Append, never edit.
-MIGRATIONS: tuple[str, ...] = (SCHEMA_V1,)
+MIGRATIONS: tuple[str, ...] = (SCHEMA_V1, SCHEMA_V2)
 
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 CHUNK = 500  # ids per "IN (…)" list: far below SQLite's 32,766 host parameters
@@ -207,8 +211,9 @@ def execute(conn: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> int:
 
 
 SQL_MARK_SWEPT = """
-INSERT INTO cursors (account, last_sweep) VALUES (?, ?)
-ON CONFLICT (account) DO UPDATE SET last_sweep = excluded.last_sweep
+INSERT INTO cursors (account, last_sweep, sweep_anchor) VALUES (?, ?, ?)
+ON CONFLICT (account) DO UPDATE
+SET last_sweep = excluded.last_sweep, sweep_anchor = excluded.sweep_anchor
 """
 SQL_PRUNE_SEEN = "DELETE FROM seen WHERE account = ? AND call_ts < ? AND seen_at < ?"
 SQL_ACCOUNT_STATUS = """
@@ -226,9 +231,9 @@ SET disabled_reason = excluded.disabled_reason, updated_at = excluded.updated_at
 
 
 def load_cursor(conn: sqlite3.Connection, account: str) -> AccountCursor:
-    sql = "SELECT newest, last_sweep FROM cursors WHERE account = ?"
+    sql = "SELECT newest, last_sweep, sweep_anchor FROM cursors WHERE account = ?"
     row = conn.execute(sql, (account,)).fetchone()
-    return AccountCursor(None, None) if row is None else AccountCursor(row[0], row[1])
+    return AccountCursor(None, None) if row is None else AccountCursor(*row)
 
 
 def ingest(conn: sqlite3.Connection, batch: IngestBatch) -> IngestResult:
