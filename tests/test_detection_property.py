@@ -66,7 +66,9 @@ class NoBudget:
         return None
 
 
-def relay_settings(timezone: str, lookback: int, recent: int, sweep: int) -> Settings:
+def relay_settings(
+    timezone: str, lookback: int, recent: int, sweep: int, start_from: str = "2000-01-01 00:00:00"
+) -> Settings:
     return Settings.model_validate(
         {
             "state": "unused.db",
@@ -76,7 +78,7 @@ def relay_settings(timezone: str, lookback: int, recent: int, sweep: int) -> Set
                 "lookback": lookback,
                 "recent_window": recent,
                 "sweep_interval": sweep,
-                "start_from": "2000-01-01 00:00:00",
+                "start_from": start_from,
                 "accounts": [
                     {"name": "alpha", "api_key": "key-alpha-123456"},
                     {"name": "bravo", "api_key": "key-bravo-123456"},
@@ -115,11 +117,15 @@ restart = st.tuples(st.just("restart"))  # a new poller over the same state file
 histories = st.lists(st.one_of(wait, appear, poll, poll, restart), max_size=60)
 
 
-async def run_history(steps: list[tuple[Any, ...]], timezone: str, start: datetime) -> None:
+async def run_history(
+    steps: list[tuple[Any, ...]], timezone: str, start: datetime, start_from: str | None = None
+) -> None:
+    """Run ``steps``, then check every record was queued once. With ``start_from="now"`` the
+    history must begin with a poll, before any record exists (the seed delivers nothing)."""
     tz = ZoneInfo(timezone)
     upstream = FakeUpstream(tz)
     clock = [start.timestamp()]
-    conf = relay_settings(timezone, LOOKBACK, RECENT, SWEEP)
+    conf = relay_settings(timezone, LOOKBACK, RECENT, SWEEP, *([start_from] if start_from else []))
     with tempfile.TemporaryDirectory() as tmp:
         store = SqliteStore(str(Path(tmp) / "state.db"))
         await store.open()
@@ -230,3 +236,14 @@ def test_a_late_record_is_caught_after_the_cursor_moved_past_its_lookback() -> N
     # The same with a restart before those sweeps: where the last sweep left the cursor must
     # come from the state file, not from memory.
     asyncio.run(run_history([*steps, ("restart",)], "UTC", T0))
+
+
+def test_start_from_now_catches_a_late_record_before_the_first_one() -> None:
+    # An account with no record yet under start_from=now: B appears stamped almost `lookback`
+    # ago, then A stamped almost `lookback` behind B, both between two polls. A is more than
+    # `lookback` behind the last poll, which is where a cursor-less account reads back from.
+    steps: list[tuple[Any, ...]] = [("poll", False)]  # the seed: nothing exists yet
+    steps += [("wait", 60), ("poll", False)] * (2 * LOOKBACK // 60)
+    steps += [("appear", 1, 2 * LOOKBACK), ("appear", 1, 3 * LOOKBACK), ("poll", False)]
+    asyncio.run(run_history(steps, "UTC", T0, start_from="now"))
+    asyncio.run(run_history([*steps, ("restart",)], "UTC", T0, start_from="now"))
