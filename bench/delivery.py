@@ -95,7 +95,7 @@ async def throughput(ctx: Ctx, upstream: str) -> None:
     cpu: CpuLog = {}
     async with procs.fast_receiver(ctx.logs) as rx:
         one, ten = _subs(rx.url, 1), _subs(rx.url, 10)
-        for rep in range(sz.reps):
+        for rep in range(sz.throughput_reps):
             # Alternate the order so that drift in the machine's load favours neither side.
             pairs = [
                 ("r1", lambda: relay_rate(ctx, upstream, one, sz.deliveries, c, cpu=cpu, rx=rx)),
@@ -106,6 +106,8 @@ async def throughput(ctx: Ctx, upstream: str) -> None:
             ]
             for key, run in pairs if rep % 2 == 0 else reversed(pairs):
                 runs[key].append(await run())
+            if rep >= sz.reps:
+                continue  # the sweep's points are informational: `reps` runs each
             for k in sz.sweep:
                 n = sz.sweep_deliveries
                 if rep % 2:

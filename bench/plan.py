@@ -77,6 +77,7 @@ class Sizes:
     budget_seconds: float
     isolation: int  # (7) deliveries to the healthy subscriber
     isolation_reps: int  # (7) pairs of runs: the ratio of two noisy rates needs more
+    throughput_reps: int  # (1) pairs of headline runs (the sweep runs `reps` times)
 
 
 FULL = Sizes(
@@ -96,6 +97,7 @@ FULL = Sizes(
     budget_seconds=32.0,
     isolation=30_000,
     isolation_reps=5,
+    throughput_reps=5,
 )
 
 SMOKE = Sizes(
@@ -115,4 +117,5 @@ SMOKE = Sizes(
     budget_seconds=3.0,
     isolation=300,
     isolation_reps=1,
+    throughput_reps=1,
 )
