@@ -241,13 +241,6 @@ class _Connection(asyncio.Protocol):
             waiter.set_exception(exc)
 
 
-@dataclass(frozen=True, slots=True)
-class _Origin:
-    host: str  # as given to connect(): no brackets around an IPv6 address
-    port: int
-    tls: bool
-
-
 class Endpoint:
     """One webhook URL: its pre-encoded request head and its pool of kept-alive connections."""
 
@@ -259,9 +252,9 @@ class Endpoint:
         if scheme not in _DEFAULT_PORTS or not parts.hostname:
             raise ValueError("an http(s) URL is required")
         host = _wire_host(parts.hostname)
-        port = parts.port or _DEFAULT_PORTS[scheme]
-        self._origin = _Origin(host, port, scheme == "https")
-        self._ssl = (ssl_context or default_ssl_context()) if self._origin.tls else None
+        self._host = host  # as connect() wants it: no brackets around an IPv6 address
+        self._port = parts.port or _DEFAULT_PORTS[scheme]
+        self._ssl = (ssl_context or default_ssl_context()) if scheme == "https" else None
         authority = f"[{host}]" if ":" in host else host
         if parts.port is not None and parts.port != _DEFAULT_PORTS[scheme]:
             authority = f"{authority}:{parts.port}"
@@ -326,14 +319,13 @@ class Endpoint:
                 return conn, True
             conn.abort()
         loop = asyncio.get_running_loop()
-        origin = self._origin
         async with asyncio.timeout_at(deadline):
             _, conn = await loop.create_connection(
                 _Connection,
-                origin.host,
-                origin.port,
+                self._host,
+                self._port,
                 ssl=self._ssl,
-                server_hostname=origin.host if self._ssl is not None else None,
+                server_hostname=self._host if self._ssl is not None else None,
             )
         return conn, False
 
