@@ -1,7 +1,7 @@
 PY ?= python
-.PHONY: all fmt lint types test bench bench-smoke
+.PHONY: all fmt lint imports types test bench bench-smoke
 
-all: lint types test bench-smoke
+all: lint imports types test bench-smoke
 
 fmt:
 	ruff format relay tests bench
@@ -10,6 +10,9 @@ fmt:
 lint:
 	ruff format --check relay tests bench
 	ruff check relay tests bench
+
+imports:
+	lint-imports
 
 types:
 	mypy relay

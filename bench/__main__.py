@@ -22,7 +22,7 @@ from typing import Any
 from bench import delivery, plots, polling, procs, report
 from bench.ctx import Ctx
 from bench.plan import FULL, SMOKE
-from relay.simulator import SimulatedWebFones
+from relay.sim.simulator import SimulatedWebFones
 
 PHASES = ("throughput", "isolation", "idle", "backlog", "ingest", "latency")
 ANALYSIS = os.path.join(os.path.dirname(__file__), "analysis.md")

@@ -17,7 +17,7 @@ from bench import procs
 from bench.ctx import Ctx, Row, drop_state, fmt
 from bench.plan import relay_settings
 from bench.stats import percentile, summarize
-from relay.simulator import SimulatedWebFones, key_id
+from relay.sim.simulator import SimulatedWebFones, key_id
 
 LATENCY_SUBSCRIBERS = 5
 INGEST_SUBSCRIBERS = 10

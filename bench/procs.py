@@ -102,8 +102,8 @@ async def child(name: str, args: list[str], log_dir: str) -> AsyncIterator[Child
 
 @contextlib.asynccontextmanager
 async def fast_receiver(log_dir: str, name: str = "receiver") -> AsyncIterator[Child]:
-    """The stock minimal receiver, ``python -m relay.receiver --fast``; ``.url`` is its URL."""
-    async with child(name, ["-m", "relay.receiver", "--fast", "--print-url"], log_dir) as rx:
+    """The stock minimal receiver, ``python -m relay.sim.receiver --fast``; ``.url`` is its URL."""
+    async with child(name, ["-m", "relay.sim.receiver", "--fast", "--print-url"], log_dir) as rx:
         rx.url = await rx.line(30)
         yield rx
 

@@ -1,4 +1,4 @@
-"""Receivers the stock ``python -m relay.receiver --fast`` cannot play, in their own process.
+"""Receivers the stock ``python -m relay.sim.receiver --fast`` cannot play, in their own process.
 
 ``python -m bench.rx --mode MODE [--listeners N]`` listens on N loopback ports and prints one
 JSON line ``{"urls": [...]}`` when ready; it serves until SIGTERM, or at most ``--max-seconds``.

@@ -30,10 +30,10 @@ from typing import Any
 
 import orjson
 
-from relay.config import Settings
-from relay.envelope import build_body
-from relay.models import CallRecord, Finished, IngestBatch, IngestResult
-from relay.store.sqlite import SqliteStore
+from relay.config.schema import Settings
+from relay.core.envelope import build_body
+from relay.core.models import CallRecord, Finished, IngestBatch, IngestResult
+from relay.store.sqlite.store import SqliteStore
 
 ACCOUNT = "bench"
 RID0 = 10_000_000
@@ -70,7 +70,7 @@ def rss_mb() -> float:
 
 def templates(seed: int = 1) -> list[dict[str, Any]]:
     """Realistic call records from the simulator, to be cycled with fresh rids."""
-    from relay.simulator import SimulatedWebFones
+    from relay.sim.simulator import SimulatedWebFones
 
     sim = SimulatedWebFones({"k": ACCOUNT}, seed=seed)
     return [sim.add_record("k") for _ in range(TEMPLATES)]
@@ -200,7 +200,7 @@ class MeteredStore(SqliteStore):
 
 def _time_responses(tracker: Tracker) -> None:
     """Note when each upstream response had fully arrived (before it is parsed)."""
-    import relay.upstream as upstream
+    import relay.ingest.upstream as upstream
 
     parse_200 = upstream.parse_200
 
@@ -219,9 +219,9 @@ async def stdin_lines() -> asyncio.StreamReader:
 
 
 async def relay_job(job: dict[str, Any]) -> None:
-    import relay.runner as runner
-    from relay.logs import setup_logging
-    from relay.supervisor import Supervisor
+    import relay.runtime.runner as runner
+    from relay.ops.logs import setup_logging
+    from relay.runtime.supervisor import Supervisor
 
     settings = Settings.model_validate(job["settings"])
     setup_logging(job.get("log_level", "WARNING"), "text", settings.secret_values())
@@ -386,7 +386,7 @@ JOBS = {"build": build_job, "relay": relay_job, "bare": bare_job, "bare_poll": b
 
 def main() -> int:
     job = orjson.loads(sys.argv[1])
-    from relay.runner import loop_factory
+    from relay.runtime.runner import loop_factory
 
     profile = job.get("profile")
     with asyncio.Runner(loop_factory=loop_factory()) as runner:

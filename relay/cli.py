@@ -17,9 +17,10 @@ from typing import Any
 import orjson
 
 from relay import __version__
-from relay.config import Settings, load_settings
-from relay.errors import ConfigError, RelayError, StoreError
-from relay.logs import setup_logging
+from relay.config.schema import Settings, load_settings
+from relay.core.errors import ConfigError, RelayError, StoreError
+from relay.core.status import RelayStatus
+from relay.ops.logs import setup_logging
 
 log = logging.getLogger("relay")
 
@@ -81,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "demo":
-        from relay.demo import run_demo
+        from relay.sim.demo import run_demo
 
         return run_demo(args.duration, args.rate, args.verbose, args.seed)
     try:
@@ -107,7 +108,7 @@ def _check_config(settings: Settings) -> int:
 
 
 def _run(settings: Settings, args: argparse.Namespace) -> int:
-    from relay.runner import install_signal_handlers, loop_factory, run_relay
+    from relay.runtime.runner import install_signal_handlers, loop_factory, run_relay
 
     setup_logging(
         args.log_level or settings.log.level,
@@ -135,16 +136,16 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
 def _offline(settings: Settings, args: argparse.Namespace) -> int:
     """status / dead-letters / enable-subscriber: work on the state while the relay is stopped
     (while it runs, use the admin API: the state has one owner at a time)."""
-    from relay.store import open_store
+    from relay.runtime.stores import open_store
 
     async def go() -> Any:
         store = open_store(settings.state)
         await store.open()
         try:
             if args.command == "status":
-                return await store.stats()
+                return RelayStatus(store=await store.stats()).to_dict()
             if args.command == "enable-subscriber":
-                await store.set_subscriber_disabled(args.name, None)
+                await store.set_subscriber_disabled(args.name, None, time.time())
                 return {"enabled": args.name}
             if args.replay:
                 return {"replayed": await store.replay(args.subscriber, None, time.time())}

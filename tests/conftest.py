@@ -5,8 +5,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from relay.receiver import Receiver
-from relay.simulator import SimulatedWebFones
+from relay.sim.receiver import Receiver
+from relay.sim.simulator import SimulatedWebFones
 from tests.helpers import KEY_A, KEY_B, STARTED
 
 

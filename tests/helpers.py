@@ -18,9 +18,9 @@ from typing import Any
 import orjson
 from standardwebhooks.webhooks import Webhook
 
-from relay.config import Settings
-from relay.runner import run_relay
-from relay.supervisor import Supervisor
+from relay.config.schema import Settings
+from relay.runtime.runner import run_relay
+from relay.runtime.supervisor import Supervisor
 
 KEY_A = "key-alpha-0123456789abcdef"
 KEY_B = "key-bravo-0123456789abcdef"

@@ -2,18 +2,17 @@
 
 The pipeline (poller, dispatcher, admin, CLI) talks only to :class:`Store`. Backends live in
 sibling modules (``sqlite`` now, ``postgres`` later) and are picked from a URL by
-:func:`relay.store.open_store`. Every method is a coroutine: a backend whose driver blocks runs it
-off the event loop. All times are wall-clock epoch seconds passed in by the caller, so behaviour
-is reproducible in tests.
+:func:`relay.runtime.stores.open_store`. Every method is a coroutine: a backend whose driver
+blocks runs it off the event loop. All times are wall-clock epoch seconds passed in by the
+caller, so behaviour is reproducible in tests.
 """
 
 from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
-from typing import Any
 
-from relay.models import (
+from relay.core.models import (
     AccountCursor,
     DeadLetter,
     Delivery,
@@ -21,6 +20,7 @@ from relay.models import (
     IngestBatch,
     IngestResult,
 )
+from relay.core.status import StoreStats
 
 
 class Store(abc.ABC):
@@ -68,7 +68,13 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def finish(self, results: Sequence[Finished]) -> None:
-        """Record attempts and their outcomes (delivered, retry at, dead, gone) in one commit."""
+        """Record attempts and their outcomes (delivered, retry at, dead, gone) in one commit.
+
+        A GONE outcome (the receiver answered 410) also disables its subscriber, with the reason
+        ``410 Gone`` and the attempt's time, in the same commit: its deliveries are kept, and
+        none is claimed for it until it is re-enabled. The dispatcher relies on this and writes
+        a GONE result at once rather than with the batch.
+        """
 
     @abc.abstractmethod
     async def release(self, delivery_ids: Sequence[int]) -> None:
@@ -81,13 +87,17 @@ class Store(abc.ABC):
     # -- operations ---------------------------------------------------------------------------
 
     @abc.abstractmethod
-    async def set_account_status(self, account: str, status: str, error: str | None) -> None:
-        """Record an account's health (``ok``, ``auth_failed``, ``backing_off``…) for status."""
+    async def set_account_status(
+        self, account: str, status: str, error: str | None, now: float
+    ) -> None:
+        """Record an account's health (``ok``, ``auth_failed``, ``backing_off``…) as of ``now``."""
 
     @abc.abstractmethod
-    async def set_subscriber_disabled(self, subscriber: str, reason: str | None) -> None:
-        """Disable (reason given) or re-enable (None) a subscriber; disabled ones are not claimed
-        for, and their deliveries are kept."""
+    async def set_subscriber_disabled(
+        self, subscriber: str, reason: str | None, now: float
+    ) -> None:
+        """Disable (reason given) or re-enable (None) a subscriber as of ``now``; disabled ones
+        are not claimed for, and their deliveries are kept."""
 
     @abc.abstractmethod
     async def disabled_subscribers(self) -> dict[str, str]:
@@ -107,5 +117,6 @@ class Store(abc.ABC):
         """Delete records (and their attempts) whose every delivery succeeded before ``before``."""
 
     @abc.abstractmethod
-    async def stats(self) -> dict[str, Any]:
-        """Counts for status output: per account, per subscriber and per state."""
+    async def stats(self) -> StoreStats:
+        """Counts for status output, from one consistent snapshot: per account, per subscriber
+        and per state."""

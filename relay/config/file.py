@@ -1,0 +1,137 @@
+"""Reading the configuration file: strict YAML and ``${NAME}`` references.
+
+Kept apart from the schema (:mod:`relay.config.schema`) because it is about text, not settings: a
+loader that reports duplicate keys and reads YAML 1.2 scalars, and an expansion of environment
+references that names the key of every unset variable. No message quotes a value.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from relay.core.errors import ConfigError
+
+Loc = tuple[str | int, ...]
+
+
+def render_loc(loc: Iterable[str | int]) -> str:
+    """``('upstream', 'accounts', 0, 'api_key')`` -> ``upstream.accounts[0].api_key``."""
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The file's top-level mapping (empty for an empty file), or ConfigError with one line."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(
+            [f"config: cannot read {os.fspath(path)}: {exc.strerror or exc}"]
+        ) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"config: cannot read {os.fspath(path)}: not UTF-8 text"]) from None
+    try:
+        data = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        # Only the problem and the line: PyYAML's full text quotes the offending line, which
+        # may hold a secret.
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "not valid YAML"
+        raise ConfigError([f"config: invalid YAML{where}: {problem}"]) from None
+    if data is None:  # an empty file (or only comments) is an empty mapping
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(["config: the top level must be a mapping of keys"])
+    return data
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """A SafeLoader that rejects duplicate keys and reads plain scalars the YAML 1.2 way.
+
+    A duplicated key would otherwise silently win. YAML 1.1 reads ``name: off`` or ``no`` as a
+    boolean and an unquoted ``2025-07-01 14:53:43`` as a datetime (crashing on ``2025-13-01``);
+    here only true/false are booleans and times stay the text written, for the schema to check.
+    """
+
+
+_StrictLoader.yaml_implicit_resolvers = {
+    first: [(tag, regex) for tag, regex in resolvers if not tag.endswith((":bool", ":timestamp"))]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: set[object] = set()
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue  # `<<: *defaults` followed by overrides is legitimate
+        key = loader.construct_object(key_node, deep=True)
+        if not isinstance(key, str | int | float | bool):
+            continue  # unhashable keys get PyYAML's own error below
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key '{key}'", key_node.start_mark
+            )
+        seen.add(key)
+    loader.flatten_mapping(node)
+    return loader.construct_mapping(node, deep=True)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+# ${NAME} or ${NAME:-default}; the bare "${" alternative catches an unterminated reference.
+_REFERENCE = re.compile(r"\$\{([^}]*)\}|\$\{")
+_REFERENCE_BODY = re.compile(r"(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>.*))?", re.DOTALL)
+
+
+def expand_env_refs(data: Any, environ: Mapping[str, str]) -> tuple[Any, list[str]]:
+    """Replace ``${NAME}`` / ``${NAME:-default}`` in every string value of ``data``.
+
+    Returns the expanded copy and one problem line per unset variable or malformed reference.
+    As in the shell, the default applies when the variable is unset or empty. Substituted text
+    is not expanded again, so a secret containing ``${`` arrives intact.
+    """
+    problems: list[str] = []
+
+    def expand(text: str, loc: Loc) -> str:
+        def substitute(match: re.Match[str]) -> str:
+            body = _REFERENCE_BODY.fullmatch(match[1]) if match[1] is not None else None
+            if body is None:
+                problems.append(
+                    f"{render_loc(loc)}: malformed reference (use ${{NAME}} or ${{NAME:-default}})"
+                )
+                return ""
+            value = environ.get(body["name"])
+            if body["default"] is not None and not value:
+                return body["default"]
+            if value is None:
+                problems.append(
+                    f"{render_loc(loc)}: environment variable {body['name']} is not set"
+                )
+                return ""
+            return value
+
+        return _REFERENCE.sub(substitute, text)
+
+    def walk(value: Any, loc: Loc) -> Any:
+        if isinstance(value, str):
+            return expand(value, loc)
+        if isinstance(value, dict):
+            return {k: walk(v, (*loc, str(k))) for k, v in value.items()}
+        if isinstance(value, list):
+            return [walk(v, (*loc, i)) for i, v in enumerate(value)]
+        return value
+
+    return walk(data, ()), problems

@@ -1,0 +1,554 @@
+"""Configuration: the settings schema and how a YAML file plus the environment becomes one.
+
+Loading is four steps (see :func:`load_settings`): read the YAML file; expand ``${NAME}`` and
+``${NAME:-default}`` references from the environment; let ``RELAY_*`` environment variables
+override any key (``RELAY_UPSTREAM__POLL_INTERVAL=10s``; list-valued keys take JSON); validate.
+Every problem becomes one line ``<key path>: <message>`` in a
+:class:`~relay.core.errors.ConfigError`.
+
+Messages never contain a configured value: API keys, webhook secrets and header values arrive
+through the same strings as everything else, so no value is ever echoed back.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from contextvars import ContextVar
+from datetime import datetime
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
+
+from relay.config.durations import Duration, PositiveDuration, format_duration
+from relay.config.file import Loc, expand_env_refs, read_yaml, render_loc
+from relay.core.errors import ConfigError
+
+_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+_HEADER_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 "token"
+# Set by the relay on every delivery; a static header must not replace or duplicate them.
+# transfer-encoding and connection are added because they would corrupt the HTTP framing.
+_RESERVED_HEADERS = frozenset(
+    {
+        "content-type",
+        "webhook-id",
+        "webhook-timestamp",
+        "webhook-signature",
+        "user-agent",
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+    }
+)
+_TIMESTAMP = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}")
+_TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S"
+_LISTEN = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]*):(?P<port>[0-9]{1,5})")
+
+
+class _Problems(ValueError):
+    """Several problems found by one validator, each at a path below the model that raised it.
+
+    Pydantic gives a validator's error the validator's own location; cross-field checks know
+    better (``subscribers[2].accounts``), so the renderer appends these paths.
+    """
+
+    def __init__(self, problems: list[tuple[Loc, str]]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(f"{render_loc(loc)}: {msg}" for loc, msg in problems))
+
+
+# -- small validators ---------------------------------------------------------------------------
+
+
+def _check_name(value: str) -> str:
+    if not value:
+        raise ValueError("must not be empty")
+    if not _NAME.fullmatch(value):
+        raise ValueError("must contain only letters, digits, '_', '.' and '-'")
+    return value
+
+
+def _check_http_url(value: str) -> str:
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        raise ValueError("must be http(s) URL") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or re.search(r"\s", value):
+        raise ValueError("must be http(s) URL")
+    return value
+
+
+def _check_state(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    scheme, sep, rest = value.partition("://")
+    if not sep:
+        return value  # a plain file path
+    scheme = scheme.lower()
+    if scheme == "sqlite" and rest.startswith("/") and len(rest) > 1:
+        return value
+    if scheme in ("postgres", "postgresql") and rest:
+        return value
+    raise ValueError("must be a file path, sqlite:///path or a postgresql:// URL")
+
+
+def _upper(value: object) -> object:
+    return value.upper() if isinstance(value, str) else value
+
+
+def _lower(value: object) -> object:
+    return value.lower() if isinstance(value, str) else value
+
+
+def _drop_nulls(model: type[BaseModel], data: object) -> object:
+    """Treat ``key: null`` as absent unless None is the field's own default.
+
+    An empty YAML section (``log:`` with every line commented out) reads as null; meaning "use
+    the defaults" is kinder than "must be a mapping".
+    """
+    if not isinstance(data, dict):
+        return data
+    fields = model.model_fields
+    # An unknown key stays, null or not, so that its typo is still reported.
+    keep = {k for k, v in data.items() if v is not None or k not in fields}
+    return {k: v for k, v in data.items() if k in keep or fields[k].default is None}
+
+
+Name = Annotated[str, AfterValidator(_check_name)]
+HttpUrl = Annotated[str, AfterValidator(_check_http_url)]
+
+
+class _Section(BaseModel):
+    """Base of every config section: immutable, and unknown keys are errors (typos surface)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nulls_are_absent(cls, data: object) -> object:
+        return _drop_nulls(cls, data)
+
+
+# -- the schema ---------------------------------------------------------------------------------
+
+
+class AccountSettings(_Section):
+    """One WebFones account to poll, with its API key."""
+
+    name: Name
+    api_key: SecretStr
+    auth: Annotated[Literal["x-api-key", "bearer"], BeforeValidator(_lower)] = "x-api-key"
+
+    @field_validator("api_key")
+    @classmethod
+    def _check_api_key(cls, key: SecretStr) -> SecretStr:
+        value = key.get_secret_value()
+        if not value:
+            raise ValueError("must not be empty")
+        # The key goes into an HTTP header; a stray newline from a YAML block scalar would too.
+        if re.search(r"[\s\x00-\x1f\x7f]", value):
+            raise ValueError("must not contain spaces or control characters")
+        return key
+
+
+class RateLimitSettings(_Section):
+    """Client-side request budget per API key (the API allows 1000 per 15 minutes)."""
+
+    requests: int = Field(default=900, ge=1)
+    per: PositiveDuration = 900.0
+
+
+class UpstreamSettings(_Section):
+    """Where and how the WebFones call-log API is polled."""
+
+    base_url: str = "https://api.webfones.com:2343"
+    timezone: str = "UTC"
+    poll_interval: PositiveDuration = 5.0
+    lookback: PositiveDuration = 7200.0
+    recent_window: PositiveDuration = 600.0
+    sweep_interval: PositiveDuration = 300.0
+    start_from: str = "now"
+    rate_limit: RateLimitSettings = Field(default_factory=RateLimitSettings)
+    timeout: PositiveDuration = 30.0
+    max_response_bytes: int = Field(default=128 * 1024 * 1024, ge=1024)
+    max_clock_skew: PositiveDuration = 3600.0
+    accounts: list[AccountSettings] = Field(min_length=1)
+
+    @field_validator("base_url")
+    @classmethod
+    def _check_base_url(cls, value: str) -> str:
+        _check_http_url(value)
+        parts = urlsplit(value)
+        if parts.query or parts.fragment:
+            raise ValueError("must be http(s) URL without a query or fragment")
+        return value.rstrip("/")
+
+    @field_validator("timezone")
+    @classmethod
+    def _check_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError("unknown time zone") from None
+        return value
+
+    @field_validator("start_from")
+    @classmethod
+    def _check_start_from(cls, value: str) -> str:
+        if value.strip().lower() == "now":
+            return "now"
+        try:
+            if _TIMESTAMP.fullmatch(value):
+                datetime.strptime(value, _TIMESTAMP_FORMAT)  # a real date and time?
+                return value
+        except ValueError:
+            pass
+        raise ValueError('must be "now" or a time like 2025-07-01 14:53:43 (YYYY-MM-DD HH:MM:SS)')
+
+    @field_validator("accounts")
+    @classmethod
+    def _unique_accounts(cls, accounts: list[AccountSettings]) -> list[AccountSettings]:
+        _raise_duplicates([a.name for a in accounts], "account")
+        return accounts
+
+    @model_validator(mode="after")
+    def _check_windows(self) -> UpstreamSettings:
+        if self.recent_window > self.lookback:
+            limit = format_duration(self.lookback)
+            raise _Problems([(("recent_window",), f"must not exceed lookback ({limit})")])
+        return self
+
+
+class SubscriberSettings(_Section):
+    """One webhook receiver: where to POST, how to sign, and how hard to retry."""
+
+    name: Name
+    url: HttpUrl
+    secret: SecretStr
+    accounts: Annotated[list[str], Field(min_length=1)] | None = None
+    # repr=False: values are often credentials (n8n header auth) and must not reach a log line.
+    headers: dict[str, str] = Field(default_factory=dict, repr=False)
+    timeout: PositiveDuration = 15.0
+    max_in_flight: int = Field(default=4, ge=1, le=256)
+    retry: list[PositiveDuration] = Field(
+        default_factory=lambda: [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0],
+        min_length=1,
+    )
+    retry_on_4xx: bool = True
+    max_retry_after: PositiveDuration = 3600.0
+    enabled: bool = True
+
+    @field_validator("secret")
+    @classmethod
+    def _check_secret(cls, secret: SecretStr) -> SecretStr:
+        # Standard Webhooks: "whsec_" + base64 of the HMAC key. Decode it now so a truncated
+        # paste fails at start-up, not as signatures every receiver rejects.
+        value = secret.get_secret_value()
+        try:
+            key = base64.b64decode(value.removeprefix("whsec_"), validate=True)
+        except (binascii.Error, ValueError):
+            key = b""
+        if not value.startswith("whsec_") or not 24 <= len(key) <= 64:
+            raise ValueError("must be whsec_ followed by base64 (24-64 bytes)")
+        return secret
+
+    @field_validator("headers")
+    @classmethod
+    def _check_headers(cls, headers: dict[str, str]) -> dict[str, str]:
+        problems: list[tuple[Loc, str]] = []
+        seen: set[str] = set()
+        for number, (name, value) in enumerate(headers.items(), start=1):
+            # An invalid name is not echoed: "Authorization: Bearer …" pasted as a key is a
+            # realistic mistake, and it would put the credential in the message.
+            if not _HEADER_TOKEN.fullmatch(name):
+                problems.append(((), f"header #{number} has a name that is not a valid HTTP token"))
+                continue
+            if name.lower() in _RESERVED_HEADERS:
+                problems.append(((name,), "is set by the relay and cannot be configured"))
+            elif name.lower() in seen:
+                problems.append(((name,), "duplicate header (names are case-insensitive)"))
+            seen.add(name.lower())
+            if re.search(r"[\r\n\x00]", value):
+                problems.append(((name,), "value must not contain line breaks"))
+        if problems:
+            raise _Problems(problems)
+        return headers
+
+
+class DeliverySettings(_Section):
+    """How deliveries are claimed, leased and kept."""
+
+    grace_period: Duration = 10.0
+    lease_margin: PositiveDuration = 30.0
+    response_cap: int = Field(default=4096, ge=0, le=1024 * 1024)
+    retention: PositiveDuration = 7 * 86400.0
+    batch_size: int = Field(default=256, ge=1, le=10000)
+
+
+class AdminSettings(_Section):
+    """The optional admin/health HTTP surface."""
+
+    listen: Annotated[str, AfterValidator(_check_listen)] | None = None
+    token: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _token_unless_loopback(self) -> AdminSettings:
+        if self.token is not None and not self.token.get_secret_value().strip():
+            raise _Problems([(("token",), "must not be empty")])
+        address = self.address()
+        if address is not None and self.token is None and not _is_loopback(address[0]):
+            raise _Problems([(("token",), "required when listen is not a loopback address")])
+        return self
+
+    def address(self) -> tuple[str, int] | None:
+        """``(host, port)`` to bind, or None when the admin surface is off ("" = all hosts)."""
+        return None if self.listen is None else _split_listen(self.listen)
+
+
+def _check_listen(listen: str) -> str:
+    _split_listen(listen)
+    return listen
+
+
+def _split_listen(listen: str) -> tuple[str, int]:
+    match = _LISTEN.fullmatch(listen)
+    host = match["host"].strip("[]") if match else ""
+    if match is None or int(match["port"]) > 65535 or (":" in host and not _is_ip(host)):
+        raise ValueError("must be host:port, e.g. 127.0.0.1:8080 or [::1]:8080")
+    return host, int(match["port"])
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_loopback(host: str) -> bool:
+    return host == "localhost" or (_is_ip(host) and ipaddress.ip_address(host).is_loopback)
+
+
+class LogSettings(_Section):
+    """Log level and output format."""
+
+    level: Annotated[Literal["DEBUG", "INFO", "WARNING", "ERROR"], BeforeValidator(_upper)] = "INFO"
+    format: Annotated[Literal["text", "json"], BeforeValidator(_lower)] = "text"
+
+
+def _raise_duplicates(names: list[str], what: str) -> None:
+    seen: set[str] = set()
+    problems: list[tuple[Loc, str]] = []
+    for index, name in enumerate(names):
+        if name in seen:
+            problems.append(((index, "name"), f"duplicate {what} name '{name}'"))
+        seen.add(name)
+    if problems:
+        raise _Problems(problems)
+
+
+# Which environment the RELAY_* overrides come from. load_settings sets it for one call so tests
+# can pass a dict; direct Settings(...) construction reads os.environ, as pydantic-settings does.
+_ENVIRON: ContextVar[Mapping[str, str] | None] = ContextVar("relay_config_environ", default=None)
+
+
+class _EnvSource(EnvSettingsSource):
+    """pydantic-settings' own env source (prefix, ``__`` nesting, JSON lists) over any mapping."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        self._environ = environ  # set first: the base __init__ calls _load_env_vars
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        # Names are matched case-insensitively (case_sensitive=False), i.e. lower-cased.
+        return {name.lower(): value for name, value in self._environ.items()}
+
+
+class Settings(BaseSettings):
+    """The whole relay configuration. Build it with :func:`load_settings`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RELAY_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+        case_sensitive=False,
+    )
+
+    state: Annotated[str, AfterValidator(_check_state)] = "./relay-state.db"
+    upstream: UpstreamSettings
+    subscribers: list[SubscriberSettings] = Field(default_factory=list)
+    delivery: DeliverySettings = Field(default_factory=DeliverySettings)
+    admin: AdminSettings = Field(default_factory=AdminSettings)
+    log: LogSettings = Field(default_factory=LogSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment beats the YAML file (passed in as init kwargs). No .env files or secrets
+        # directories: one documented way in, so nobody wonders where a value came from.
+        environ = _ENVIRON.get()
+        return _EnvSource(settings_cls, os.environ if environ is None else environ), init_settings
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sections(cls, data: object) -> object:
+        data = _drop_nulls(cls, data)
+        # Without an upstream section the useful message is what is missing inside it.
+        if isinstance(data, dict) and "upstream" not in data:
+            data = {**data, "upstream": {}}
+        return data
+
+    @field_validator("subscribers")
+    @classmethod
+    def _unique_subscribers(cls, subscribers: list[SubscriberSettings]) -> list[SubscriberSettings]:
+        _raise_duplicates([s.name for s in subscribers], "subscriber")
+        return subscribers
+
+    @model_validator(mode="after")
+    def _known_accounts(self) -> Settings:
+        known = {a.name for a in self.upstream.accounts}
+        problems: list[tuple[Loc, str]] = [
+            (("subscribers", index, "accounts"), f"unknown account '{name}'")
+            for index, sub in enumerate(self.subscribers)
+            for name in sub.accounts or []
+            if name not in known
+        ]
+        if problems:
+            raise _Problems(problems)
+        return self
+
+    def subscribers_for(self, account: str) -> list[SubscriberSettings]:
+        """The enabled subscribers that receive ``account``'s records."""
+        return [
+            sub
+            for sub in self.subscribers
+            if sub.enabled and (sub.accounts is None or account in sub.accounts)
+        ]
+
+    def secret_values(self) -> list[str]:
+        """Every secret string in the config, for log redaction and leak tests."""
+        values = [a.api_key.get_secret_value() for a in self.upstream.accounts]
+        for sub in self.subscribers:
+            values.append(sub.secret.get_secret_value())
+            values.extend(sub.headers.values())
+        if self.admin.token is not None:
+            values.append(self.admin.token.get_secret_value())
+        if "://" in self.state:
+            values.append(urlsplit(self.state).password or "")
+        return [v for v in dict.fromkeys(values) if v]
+
+
+# -- loading ------------------------------------------------------------------------------------
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Read, expand, override and validate the configuration; raise ConfigError if it is wrong.
+
+    ``path`` None means no file: everything comes from ``RELAY_*`` variables and defaults.
+    ``environ`` defaults to ``os.environ``; it feeds both ``${NAME}`` references and overrides
+    (``RELAY_*`` values are taken literally, not expanded).
+    """
+    environ = os.environ if environ is None else environ
+    raw: dict[str, Any] = {} if path is None else read_yaml(path)
+    data, problems = expand_env_refs(raw, environ)
+    # str(): a YAML key such as `1:` must be reported, not break the ** call. Keys starting with
+    # "_" would reach BaseSettings' own options (_cli_parse_args, _build_sources…), not fields.
+    data = {str(key): value for key, value in data.items()}
+    problems += [f"{key}: unknown key" for key in data if key.startswith("_")]
+    if problems:
+        raise ConfigError(problems)
+    token = _ENVIRON.set(environ)
+    try:
+        return Settings(**data)
+    # "from None": pydantic's own text quotes input values, which may be secrets; it must not
+    # ride along in a traceback as __context__.
+    except ValidationError as exc:
+        raise ConfigError(validation_problems(exc)) from None
+    except SettingsError as exc:
+        field = re.search(r'field "(\w+)"', str(exc))
+        name = field[1] if field else "settings"
+        raise ConfigError([f"{name}: a RELAY_{name.upper()} override is not valid JSON"]) from None
+    finally:
+        _ENVIRON.reset(token)
+
+
+# Pydantic error types whose stock message is worth replacing with a plainer one.
+_MESSAGES = {
+    "missing": "required",
+    "too_short": "must not be empty",
+    "extra_forbidden": "unknown key",
+    "model_type": "must be a mapping",
+    "model_attributes_type": "must be a mapping",
+    "dict_type": "must be a mapping",
+    "list_type": "must be a list",
+    "string_type": "must be a string",
+    "bool_type": "must be true or false",
+    "bool_parsing": "must be true or false",
+    "int_type": "must be a whole number",
+    "int_parsing": "must be a whole number",
+    "int_from_float": "must be a whole number",
+    "float_type": "must be a number",
+    "float_parsing": "must be a number",
+}
+
+
+def validation_problems(exc: ValidationError) -> list[str]:
+    """One ``<key path>: <message>`` line per error, built without ever looking at the input."""
+    lines: list[str] = []
+    for error in exc.errors(include_input=False, include_url=False):
+        loc = tuple(error["loc"])
+        cause = error.get("ctx", {}).get("error")
+        if isinstance(cause, _Problems):
+            lines.extend(_line((*loc, *sub), message) for sub, message in cause.problems)
+        else:
+            lines.append(_line(loc, _message(error["type"], error["msg"])))
+    return lines
+
+
+def _message(kind: str, msg: str) -> str:
+    if kind in _MESSAGES:
+        return _MESSAGES[kind]
+    for prefix in ("Value error, ", "Assertion failed, "):
+        msg = msg.removeprefix(prefix)
+    if msg.startswith("Input should be "):
+        msg = "must be " + msg.removeprefix("Input should be ")
+    return msg
+
+
+def _line(loc: Loc, message: str) -> str:
+    return f"{render_loc(loc) or 'config'}: {' '.join(message.split())}"

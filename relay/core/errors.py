@@ -1,0 +1,64 @@
+"""One exception hierarchy for everything the relay raises.
+
+Each subclass carries what a caller needs to decide what to do next (is it worth retrying, what
+did the far end say), and none of them ever carries a secret in its message.
+"""
+
+from __future__ import annotations
+
+
+class RelayError(Exception):
+    """Base of every error the relay raises on purpose."""
+
+
+class ConfigError(RelayError):
+    """The configuration is invalid. ``problems`` holds one line per problem, naming the key."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(problems))
+
+
+class UpstreamError(RelayError):
+    """A poll of the WebFones API failed.
+
+    ``status`` is the HTTP status when there was one; ``retry_after`` is the server's requested
+    pause in seconds, if it sent one. The subclass says what kind of failure it was.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+
+
+class UpstreamAuthError(UpstreamError):
+    """401/403: the account's API key is missing or wrong. Retried rarely, in case it is fixed."""
+
+
+class UpstreamRateLimited(UpstreamError):
+    """429: the key's request budget is exhausted; pause the whole key."""
+
+
+class MalformedResponse(UpstreamError):
+    """The body is not the documented JSON; the cursor stays. (Records of a large, streamed body
+    that came before the fault may be stored already; they are de-duplicated when the window is
+    read again.)"""
+
+
+class StoreError(RelayError):
+    """The state store failed or cannot be used."""
+
+
+class StoreLocked(StoreError):
+    """Another relay process already owns this state store."""
+
+
+class StoreFull(StoreError):
+    """The disk holding the state store is full; new work is refused until space returns."""

@@ -1,0 +1,1 @@
+"""WebFones in: the upstream client, body parsing, the per-account poller and key budgets."""

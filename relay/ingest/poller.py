@@ -1,0 +1,457 @@
+"""One account's poll loop: plan a window, fetch, validate, ingest durably, move the cursor.
+
+Detection rests on three things (see the README's design notes):
+
+* the cursor is the newest ``call_timestamp`` the upstream has shown us (its clock, not ours);
+* every poll re-reads a short ``recent_window`` behind it, and every ``sweep_interval`` a full
+  ``lookback``, because a call's record is written when the call ends but stamped when it began;
+* every rid is de-duplicated in durable storage in the same transaction that stores the record.
+
+A failure anywhere before the ingest commit leaves the cursor where it was, so the next poll
+re-reads the same window: nothing is skipped. A large response (a catch-up after an outage) is
+stored in batches of :data:`BATCH_RECORDS`, each its own transaction, and only the last one moves
+the cursor: a failure half-way keeps the cursor, and the batches already stored are de-duplicated
+when the window is read again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import random
+import time
+from array import array
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import orjson
+
+from relay.config.schema import AccountSettings, Settings
+from relay.core.aio import unless_stopped, wait_or_stop
+from relay.core.envelope import build_body
+from relay.core.errors import (
+    StoreError,
+    StoreFull,
+    UpstreamAuthError,
+    UpstreamError,
+    UpstreamRateLimited,
+)
+from relay.core.models import AccountCursor, CallRecord, IngestBatch, Quarantined
+from relay.core.retry import upstream_backoff
+from relay.core.window import (
+    PollPlan,
+    WindowPolicy,
+    advance_cursor,
+    plan_poll,
+    prune_before,
+    skew_limit,
+    validate_records,
+)
+from relay.ingest.body import FetchResult, StreamAbandoned, StreamedBody
+from relay.ingest.budget import KeyBudget
+from relay.ingest.upstream import Credentials, WebFonesClient
+from relay.store.base import Store
+
+log = logging.getLogger(__name__)
+
+AUTH_RETRY = 900.0  # a rejected key is tried again every 15 minutes, in case it was fixed
+RATE_LIMIT_PAUSE = 60.0  # a 429 without Retry-After pauses the key this long
+BACKOFF_CAP = 300.0
+PRUNE_MARGIN = 3600.0  # de-dup memory is kept this much longer than the look-back
+# Bad records remembered (by a hash of their bytes) so that one the upstream serves on every poll
+# is kept aside and logged once per run, not once per poll.
+QUARANTINE_MEMORY = 10_000
+# A large response is parsed SLICE_RECORDS records at a time (as Python objects, about 2 KB
+# each) and stored BATCH_RECORDS at a time (as webhook bodies, about 0.5 KB each), one transaction
+# per batch: only a slice ever exists as objects, and larger transactions are faster in total.
+SLICE_RECORDS = 1_000
+BATCH_RECORDS = 10_000
+
+
+@dataclass(slots=True)
+class _Poll:
+    """One poll in progress, across the batches of a streamed response."""
+
+    plan: PollPlan
+    received_at: float
+    skew_limit: str  # call_timestamps after this do not move the cursor
+    new: int = 0  # records newly stored
+    received: int = 0  # records of the response prepared so far
+    newest: str | None = None  # the newest plausible call_timestamp prepared so far
+    # Valid rids of the batches stored so far, 8 bytes each (a set of ints would take ~70).
+    stored: array[int] = field(default_factory=lambda: array("q"))
+
+    def restart(self) -> None:
+        """Start over with the whole response (what was stored stays: it is de-duplicated)."""
+        self.received = 0
+        self.stored = array("q")
+
+
+@dataclass(slots=True)
+class _Batch:
+    """Records validated and turned into bodies, to be stored in one transaction."""
+
+    records: list[CallRecord] = field(default_factory=list)
+    fresh_invalid: list[tuple[Any, str, bytes, bytes]] = field(default_factory=list)
+    rids: set[int] = field(default_factory=set)  # valid rids, for a streamed response
+
+
+class AccountPoller:
+    """Polls one account until ``stop`` is set. Owns no tasks; the supervisor runs ``run``."""
+
+    def __init__(
+        self,
+        account: AccountSettings,
+        settings: Settings,
+        store: Store,
+        client: WebFonesClient,
+        budget: KeyBudget,
+        notify: Callable[[list[str]], None],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        up = settings.upstream
+        self.name = account.name
+        self._credentials = Credentials(account.api_key.get_secret_value(), account.auth)
+        self._settings = settings
+        self._subscribers = [s.name for s in settings.subscribers_for(account.name)]
+        self._store = store
+        self._client = client
+        self._budget = budget
+        self._notify = notify
+        self._clock = clock
+        self._tz = ZoneInfo(up.timezone)
+        self._policy = WindowPolicy(
+            recent_window=up.recent_window,
+            lookback=up.lookback,
+            sweep_interval=up.sweep_interval,
+            start_from=up.start_from,
+        )
+        self._cursor = AccountCursor(newest=None, last_sweep=None)
+        # The cursor as it stood right after the last sweep: the next sweep reads back from
+        # here, not from the current cursor, so a record written up to `lookback` behind the
+        # newest record *when it appeared* is still caught however far the cursor moved since.
+        self._anchor: str | None = None
+        self._quarantined: OrderedDict[bytes, None] = OrderedDict()
+        self._status: tuple[str, str | None] | None = None
+        self.polls = 0  # successful polls, for status and tests
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Poll until ``stop`` is set, backing off on failures; never raises for upstream faults."""
+        await self.load()
+        failures = 0
+        while not stop.is_set():
+            delay = self._settings.upstream.poll_interval
+            try:
+                # A stop during a long budget wait or a slow fetch abandons the poll; an ingest
+                # that already started still commits or rolls back as a whole in the store.
+                if await unless_stopped(stop, self.poll_once()) is None:
+                    return
+                failures = 0
+                await self._set_status("ok", None)
+            except UpstreamAuthError as exc:
+                log.error(
+                    "API key rejected (%s); account stopped, retrying in %gs",
+                    exc,
+                    AUTH_RETRY,
+                    extra={"account": self.name, "status": exc.status},
+                )
+                await self._set_status("auth_failed", str(exc))
+                delay = AUTH_RETRY
+            except UpstreamRateLimited as exc:
+                pause = exc.retry_after if exc.retry_after is not None else RATE_LIMIT_PAUSE
+                self._budget.pause(pause)
+                log.warning(
+                    "rate limited by WebFones (%s); pausing this API key for %.3gs",
+                    "Retry-After" if exc.retry_after is not None else "no Retry-After",
+                    pause,
+                    extra={"account": self.name},
+                )
+                await self._set_status("rate_limited", str(exc))
+                delay = pause
+            except UpstreamError as exc:
+                failures += 1
+                delay = upstream_backoff(
+                    failures,
+                    base=self._settings.upstream.poll_interval,
+                    cap=BACKOFF_CAP,
+                    jitter=random.random(),
+                )
+                if exc.retry_after is not None:
+                    delay = max(delay, min(exc.retry_after, BACKOFF_CAP))
+                log.warning(
+                    "poll failed, cursor kept; retrying in %.1fs: %s",
+                    delay,
+                    exc,
+                    extra={"account": self.name, "attempt": failures},
+                )
+                await self._set_status("backing_off", str(exc))
+            except StoreFull:
+                failures += 1
+                delay = upstream_backoff(failures, base=1.0, cap=60.0, jitter=random.random())
+                log.error(
+                    "state disk is full: not taking new records until space returns",
+                    extra={"account": self.name},
+                )
+            except StoreError as exc:
+                failures += 1
+                delay = upstream_backoff(failures, base=1.0, cap=60.0, jitter=random.random())
+                log.error("state store error: %s", exc, extra={"account": self.name})
+            await wait_or_stop(stop, delay)
+
+    async def load(self) -> None:
+        """Take up the account's durable position (cursor, last sweep and its anchor)."""
+        self._cursor = await self._store.load_cursor(self.name)
+        # A file from before the anchor was kept has none: read back from the cursor, as then.
+        self._anchor = self._cursor.sweep_anchor or self._cursor.newest
+
+    async def poll_once(self) -> int:
+        """One poll: fetch the planned window and ingest it. Returns how many records were new."""
+        now = self._clock()
+        plan = plan_poll(
+            self._cursor.newest,
+            self._cursor.last_sweep,
+            now,
+            self._policy,
+            self._tz,
+            sweep_from=self._anchor,
+        )
+        await self._budget.acquire()
+        response = await self._client.fetch(self._credentials, plan.since)
+        received_at = self._clock()
+        skew = self._settings.upstream.max_clock_skew
+        poll = _Poll(plan, received_at, skew_limit(received_at, self._tz, skew))
+        if isinstance(response, StreamedBody):
+            try:
+                cursor = await self._ingest_stream(poll, response)
+            except StreamAbandoned as exc:
+                log.info(
+                    "large response (%d bytes) parsed whole: %s",
+                    response.nbytes,
+                    exc,
+                    extra={"account": self.name},
+                )
+                poll.restart()
+                whole = response.whole()
+                cursor = await self._ingest_last(poll, whole, _Batch(), streamed=False)
+        else:
+            cursor = await self._ingest_last(poll, response, _Batch(), streamed=False)
+        last_sweep = self._cursor.last_sweep
+        if plan.sweep or plan.seed_only:
+            last_sweep = received_at
+            await self._store.mark_swept(self.name, received_at, cursor)
+            if cursor is not None:
+                await self._prune(cursor, received_at)
+            self._anchor = cursor
+        self._cursor = AccountCursor(cursor, last_sweep, self._anchor)
+        self.polls += 1
+        if plan.seed_only and poll.new:
+            log.info(
+                "start_from=now: %d existing records remembered, not delivered",
+                poll.new,
+                extra={"account": self.name},
+            )
+        log.debug(
+            "polled",
+            extra={
+                "account": self.name,
+                "since": plan.since,
+                "count": poll.received,
+                "new": poll.new,
+            },
+        )
+        return poll.new
+
+    async def _ingest_stream(self, poll: _Poll, body: StreamedBody) -> str | None:
+        """Store a large response batch by batch; the last batch moves the cursor (returned).
+
+        StreamAbandoned (before the batch concerned is stored) when a rid repeats in the
+        response: which copy is kept or quarantined is decided by comparing the records, which
+        only the whole-body path still has.
+        """
+        batch = _Batch()
+        for raw in body.batches(SLICE_RECORDS):
+            self._prepare(poll, raw, batch, streamed=True)
+            # The parser holds this list until it makes the next one: emptied now, the records
+            # as objects are gone while the batch is stored.
+            raw.clear()
+            if len(batch.records) >= BATCH_RECORDS:
+                _check_repeats(poll, batch)
+                await self._commit(poll, batch, None)
+                batch = _Batch()
+        assert body.result is not None  # batches() sets it when it ends
+        return await self._ingest_last(poll, body.result, batch, streamed=True)
+
+    async def _ingest_last(
+        self, poll: _Poll, result: FetchResult, batch: _Batch, *, streamed: bool
+    ) -> str | None:
+        """Store the last (or only) batch of a response with the new cursor, and return it."""
+        self._prepare(poll, result.records, batch, streamed=streamed)
+        _check_repeats(poll, batch)
+        # A count above the records means the answer admits it is incomplete: store what came,
+        # but keep the cursor, so that whatever is missing is asked for again.
+        complete = result.count is None or result.count <= poll.received
+        if result.count is not None and result.count != poll.received:
+            log.warning(
+                "count says %d but %d records came; using the records%s",
+                result.count,
+                poll.received,
+                "" if complete else ", cursor kept",
+                extra={"account": self.name},
+            )
+        cursor = self._cursor.newest
+        if complete and poll.newest is not None:
+            cursor = advance_cursor(
+                cursor,
+                [poll.newest],
+                poll.received_at,
+                self._tz,
+                self._settings.upstream.max_clock_skew,
+            )
+        await self._commit(poll, batch, cursor)
+        return cursor
+
+    def _prepare(self, poll: _Poll, raw: list[Any], batch: _Batch, *, streamed: bool) -> None:
+        """Validate records into ``batch`` as webhook bodies; note the newest plausible stamp."""
+        valid, invalid = validate_records(raw)
+        poll.received += len(raw)
+        if streamed:
+            rids = {v.rid for v in valid}
+            if not batch.rids.isdisjoint(rids):
+                raise StreamAbandoned("a rid repeats in the response")
+            batch.rids |= rids
+        # Every valid call_ts parses, and such text sorts like the time it names.
+        newest = max((v.call_ts for v in valid if v.call_ts <= poll.skew_limit), default=None)
+        if newest is not None and (poll.newest is None or newest > poll.newest):
+            poll.newest = newest
+        batch.records.extend(
+            CallRecord(v.rid, v.call_ts, build_body(self.name, poll.received_at, v.record))
+            for v in valid
+        )
+        batch.fresh_invalid.extend(self._not_yet_quarantined(invalid))
+
+    async def _commit(self, poll: _Poll, batch: _Batch, cursor: str | None) -> None:
+        """Store one batch in one transaction (``cursor`` None: leave the cursor as it is)."""
+        outcome = await self._store.ingest(
+            IngestBatch(
+                account=self.name,
+                records=batch.records,
+                subscribers=self._subscribers,
+                received_at=poll.received_at,
+                cursor=cursor,
+                quarantined=[
+                    Quarantined(data, reason) for _, reason, data, _ in batch.fresh_invalid
+                ],
+                seed_only=poll.plan.seed_only,
+            )
+        )
+        poll.stored.extend(batch.rids)
+        self._remember_quarantined(batch.fresh_invalid)
+        poll.new += len(outcome.new_rids)
+        if poll.plan.seed_only or not outcome.new_rids:
+            return
+        self._log_new(outcome.new_rids, batch.records)
+        self._log_odd_timestamps(outcome.new_rids, batch.records, poll.plan.since, poll.received_at)
+        if self._subscribers:
+            self._notify(self._subscribers)
+
+    def _not_yet_quarantined(
+        self, invalid: list[tuple[Any, str]]
+    ) -> list[tuple[Any, str, bytes, bytes]]:
+        """The rejects not kept aside before in this run: (record, reason, bytes, digest)."""
+        fresh = []
+        for raw, reason in invalid:
+            data = _raw(raw)
+            key = hashlib.blake2b(data, digest_size=16).digest()
+            if key not in self._quarantined:
+                fresh.append((raw, reason, data, key))
+        return fresh
+
+    def _remember_quarantined(self, fresh: list[tuple[Any, str, bytes, bytes]]) -> None:
+        """Log each newly kept-aside record once, and remember it (bounded) so it stays quiet."""
+        for raw, reason, _, key in fresh:
+            log.warning(
+                "record kept aside in quarantine: %s",
+                reason,
+                extra={"account": self.name, "rid": _rid_of(raw)},
+            )
+            self._quarantined[key] = None
+            if len(self._quarantined) > QUARANTINE_MEMORY:
+                self._quarantined.popitem(last=False)
+
+    def _log_odd_timestamps(
+        self, new_rids: list[int], records: list[CallRecord], since: str, now: float
+    ) -> None:
+        """One line per new record whose timestamp the upstream should not have sent."""
+        if not new_rids:
+            return
+        fresh = set(new_rids)
+        limit = skew_limit(now, self._tz, self._settings.upstream.max_clock_skew)
+        for record in records:
+            if record.rid not in fresh:
+                continue
+            if record.call_ts > limit:
+                log.warning(
+                    "record stamped %s, more than max_clock_skew ahead of the upstream's clock: "
+                    "delivered, but the cursor does not follow it",
+                    record.call_ts,
+                    extra={"account": self.name, "rid": record.rid},
+                )
+            elif record.call_ts < since:
+                log.warning(
+                    "record stamped %s, before the %s asked for: delivered",
+                    record.call_ts,
+                    since,
+                    extra={"account": self.name, "rid": record.rid},
+                )
+
+    def _log_new(self, new_rids: list[int], records: list[CallRecord]) -> None:
+        if not log.isEnabledFor(logging.INFO) or not new_rids:
+            return
+        fresh = set(new_rids)
+        for record in records:
+            if record.rid in fresh:
+                fresh.discard(record.rid)
+                log.info(
+                    "call received, queued for %d subscribers (call_timestamp %s)",
+                    len(self._subscribers),
+                    record.call_ts,
+                    extra={"account": self.name, "rid": record.rid},
+                )
+
+    async def _prune(self, cursor: str, now: float) -> None:
+        lookback = self._settings.upstream.lookback
+        horizon = prune_before(cursor, lookback, PRUNE_MARGIN)
+        forgotten = await self._store.prune_seen(self.name, horizon, now - lookback - PRUNE_MARGIN)
+        if forgotten:
+            log.debug("forgot %d old rids", forgotten, extra={"account": self.name})
+
+    async def _set_status(self, status: str, error: str | None) -> None:
+        # Written only on change: a healthy account costs no write per poll.
+        if self._status == (status, error):
+            return
+        self._status = (status, error)
+        try:
+            await self._store.set_account_status(self.name, status, error, self._clock())
+        except StoreError as exc:
+            log.warning("cannot record account status: %s", exc, extra={"account": self.name})
+
+
+def _check_repeats(poll: _Poll, batch: _Batch) -> None:
+    """StreamAbandoned if a rid of ``batch`` was in a batch already stored for this response."""
+    if batch.rids and not batch.rids.isdisjoint(poll.stored):
+        raise StreamAbandoned("a rid repeats in the response")
+
+
+def _raw(value: Any) -> bytes:
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        return repr(value).encode()
+
+
+def _rid_of(value: Any) -> Any:
+    return value.get("rid") if isinstance(value, dict) else None

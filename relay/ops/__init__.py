@@ -1,0 +1,1 @@
+"""What operators touch: the admin API, logging and the typed status model."""

@@ -1,0 +1,89 @@
+"""Process-level wiring shared by ``relay run`` and ``relay demo``: open the store, build the
+HTTP sessions, start the admin surface, run the supervisor, and close everything in order."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator, Callable
+
+import aiohttp
+
+from relay.config.schema import Settings
+from relay.delivery.http1 import Http1Client
+from relay.ops.admin import AdminServer
+from relay.runtime.stores import open_store
+from relay.runtime.supervisor import Supervisor
+from relay.runtime.wiring import build_pipeline
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.asynccontextmanager
+async def sessions(
+    settings: Settings,
+) -> AsyncIterator[tuple[aiohttp.ClientSession, Http1Client]]:
+    """An aiohttp session for WebFones, and the lean client for receivers
+    (:mod:`relay.delivery.http1`).
+
+    Concurrency to receivers is bounded by each subscriber's workers, one connection each.
+    """
+    upstream = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=16), raise_for_status=False
+    )
+    delivery = Http1Client()
+    try:
+        yield upstream, delivery
+    finally:
+        await upstream.close()
+        delivery.close()
+
+
+async def run_relay(
+    settings: Settings,
+    stop: asyncio.Event,
+    on_started: Callable[[Supervisor], None] | None = None,
+) -> None:
+    """Run the relay until ``stop`` is set. Raises StoreError if the state cannot be opened."""
+    store = open_store(settings.state)
+    await store.open()
+    try:
+        async with sessions(settings) as (upstream, delivery):
+            supervisor = Supervisor(settings, build_pipeline(settings, store, upstream, delivery))
+            admin = AdminServer(settings.admin, store, supervisor)
+            await admin.start()
+            supervisor.admin_url = admin.url
+            try:
+                if on_started is not None:
+                    on_started(supervisor)
+                await supervisor.run(stop)
+            finally:
+                await admin.stop()
+    finally:
+        await store.close()
+
+
+def install_signal_handlers(stop: asyncio.Event) -> None:
+    """SIGINT/SIGTERM only set the stop event; a second one forces exit."""
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int) -> None:
+        if stop.is_set():
+            log.warning("second signal: exiting now; claimed deliveries retry after restart")
+            raise SystemExit(1)
+        log.info("received %s: shutting down gracefully", signal.Signals(signum).name)
+        stop.set()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_signal, signum)
+
+
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop when installed (markedly faster for many concurrent HTTP requests)."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop

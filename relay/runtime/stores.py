@@ -1,0 +1,49 @@
+"""Picks the state backend from the configured ``state`` URL: the only module that imports a
+concrete store. Backends are imported lazily, so a deployment needs only the driver it uses.
+"""
+
+from __future__ import annotations
+
+import os
+from urllib.parse import urlsplit
+
+from relay.core.errors import StoreError
+from relay.store.base import Store
+
+__all__ = ["open_store"]
+
+_SQLITE_PREFIX = "sqlite://"
+
+
+def open_store(url: str) -> Store:
+    """Build (but do not open) the store named by ``url``.
+
+    ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db`` (SQLAlchemy's convention) or
+    a plain filesystem path select the SQLite backend. ``postgresql://`` is reserved for the
+    PostgreSQL backend. Anything else raises :class:`StoreError` naming only the scheme, so a
+    URL's credentials never reach a log.
+    """
+    url = url.strip()
+    if not url:
+        raise StoreError("no state store configured; use a sqlite path such as ./relay-state.db")
+    if "://" not in url:
+        return _sqlite(url)
+    scheme = urlsplit(url).scheme.lower()
+    if scheme == "sqlite":
+        path = url[len(_SQLITE_PREFIX) :]
+        if not path.startswith("/") or path == "/":
+            raise StoreError("a sqlite state URL needs a path: sqlite:///relay-state.db")
+        return _sqlite(path[1:])
+    if scheme in ("postgresql", "postgres"):
+        # The lazy import point: ``from relay.store.postgres import PostgresStore`` goes here.
+        raise StoreError("the PostgreSQL backend is not available yet; use a sqlite path")
+    raise StoreError(f"unsupported state store scheme {scheme!r}; use a sqlite path")
+
+
+def _sqlite(path: str) -> Store:
+    if path == ":memory:" or path.startswith("file:"):
+        # An in-memory database would silently lose every call on restart.
+        raise StoreError("the state store must be a file path, not an in-memory database")
+    from relay.store.sqlite import SqliteStore
+
+    return SqliteStore(os.path.expanduser(path))

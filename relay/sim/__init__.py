@@ -1,0 +1,1 @@
+"""The built-in simulated WebFones, a verifying receiver and the ``relay demo`` command."""

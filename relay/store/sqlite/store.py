@@ -1,0 +1,259 @@
+"""The SQLite backend: one state file, owned by one relay process.
+
+sqlite3 blocks, so every operation runs on one dedicated worker thread that owns the only
+connection: the event loop never waits on the disk, and the connection is never shared between
+threads. Each write is one explicit ``BEGIN IMMEDIATE … COMMIT`` and rolls back as a whole on any
+error. WAL with ``synchronous=NORMAL`` makes every commit atomic and durable against a crash of
+the process (``kill -9``); only a power loss can drop the last few commits.
+
+Ownership is an exclusive ``flock`` on ``<path>.lock``: a second relay on the same file fails
+fast with :class:`StoreLocked`, and the OS releases the lock when the owner dies. Because there is
+exactly one owner, deliveries left ``inflight`` by a dead process are due again as soon as the
+file is reopened; leases still expire in :meth:`SqliteStore.claim`, as they must for backends
+shared by several relays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import pathlib
+import sqlite3
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Concatenate, ParamSpec, TypeVar
+
+from relay.core.errors import StoreError, StoreFull, StoreLocked
+from relay.core.models import (
+    AccountCursor,
+    DeadLetter,
+    Delivery,
+    Finished,
+    IngestBatch,
+    IngestResult,
+)
+from relay.core.status import StoreStats
+from relay.store.base import Store
+from relay.store.sqlite import sql as q
+
+log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class SqliteStore(Store):
+    """:class:`Store` on one SQLite file. See the module docstring for the guarantees."""
+
+    def __init__(self, path: str, *, synchronous: str = "NORMAL") -> None:
+        if synchronous.upper() not in q.SYNCHRONOUS_MODES:
+            raise StoreError(f"unknown sqlite synchronous mode {synchronous!r}")
+        self.path = path
+        self._synchronous = synchronous.upper()
+        self._executor: ThreadPoolExecutor | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._lock_fd: int | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._executor is not None:
+            raise StoreError(f"state file {self.path} is already open")
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relay-sqlite")
+        try:
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(executor, self._open_sync)
+        except BaseException:
+            executor.shutdown(wait=True)
+            self._close_sync()  # in case open was cancelled after it succeeded
+            raise
+        self._executor = executor
+
+    async def close(self) -> None:
+        executor, self._executor = self._executor, None
+        if executor is None:
+            return
+        try:
+            # Queued behind every operation already submitted, so those finish first.
+            await asyncio.get_running_loop().run_in_executor(executor, self._close_sync)
+        finally:
+            executor.shutdown(wait=True)
+            self._close_sync()  # no-op unless the queued close was cancelled before it ran
+
+    def _open_sync(self) -> None:
+        directory = os.path.dirname(os.path.abspath(self.path))
+        if not os.path.isdir(directory):
+            raise StoreError(f"cannot open state file {self.path}: no directory {directory}")
+        self._lock_fd = _take_lock(self.path)
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            self._close_sync()
+            raise self._open_error(exc) from exc
+        # The worker thread is the only user; check_same_thread is off only so that close()
+        # can still close the connection if the worker is gone.
+        self._conn = conn
+        try:
+            # Check the file is ours before any PRAGMA that writes (WAL mode changes the header):
+            # refusing another program's database must leave it exactly as it was.
+            q.check_ours(conn, self.path)
+            q.configure(conn, self._synchronous)
+            q.migrate(conn, self.path)
+            recovered = q.recover(conn)
+        except sqlite3.Error as exc:
+            self._close_sync()
+            raise self._open_error(exc) from exc
+        except BaseException:
+            self._close_sync()
+            raise
+        if recovered:
+            log.warning("%d deliveries left in flight by a previous run are due again", recovered)
+
+    def _close_sync(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            os.close(fd)  # also drops the flock
+
+    def _open_error(self, exc: sqlite3.Error) -> StoreError:
+        if q.is_full(exc):
+            return StoreFull(f"cannot open state file {self.path}: the disk is full")
+        hint = ""
+        if "readonly" in str(exc) or "unable to open" in str(exc):
+            hint = " (check that the file and its directory are writable)"
+        return StoreError(f"cannot open state file {self.path}: {exc}{hint}")
+
+    async def _run(
+        self,
+        op: str,
+        fn: Callable[Concatenate[sqlite3.Connection, P], T],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T:
+        """Run ``fn(conn, …)`` on the store's thread, translating sqlite errors.
+
+        If the awaiting task is cancelled, an operation already running still completes (or
+        rolls back) as a whole on the thread; one not yet started never runs.
+        """
+        executor, conn = self._executor, self._conn
+        if executor is None or conn is None:
+            raise StoreError(f"state file {self.path} is not open")
+
+        def call() -> T:
+            try:
+                return fn(conn, *args, **kwargs)
+            except sqlite3.Error as exc:
+                raise self._error(op, exc) from exc
+
+        return await asyncio.get_running_loop().run_in_executor(executor, call)
+
+    def _error(self, op: str, exc: sqlite3.Error) -> StoreError:
+        # sqlite's messages name the failure, never the bound parameter values.
+        if q.is_full(exc):
+            return StoreFull(f"state file {self.path}: disk full, {op} refused")
+        return StoreError(f"state file {self.path}: {op} failed: {exc}")
+
+    # -- ingest -------------------------------------------------------------------------------
+
+    async def load_cursor(self, account: str) -> AccountCursor:
+        return await self._run("load cursor", q.load_cursor, account)
+
+    async def ingest(self, batch: IngestBatch) -> IngestResult:
+        return await self._run("ingest", q.ingest, batch)
+
+    async def mark_swept(self, account: str, at: float, anchor: str | None) -> None:
+        await self._run("mark swept", q.execute, q.SQL_MARK_SWEPT, (account, at, anchor))
+
+    async def prune_seen(self, account: str, older_than_ts: str, seen_before: float) -> int:
+        return await self._run(
+            "prune seen", q.execute, q.SQL_PRUNE_SEEN, (account, older_than_ts, seen_before)
+        )
+
+    # -- delivery -----------------------------------------------------------------------------
+
+    async def claim(self, subscriber: str, limit: int, now: float, lease: float) -> list[Delivery]:
+        return await self._run("claim", q.claim, subscriber, limit, now, lease)
+
+    async def finish(self, results: Sequence[Finished]) -> None:
+        if results:
+            await self._run("finish", q.finish, results)
+
+    async def release(self, delivery_ids: Sequence[int]) -> None:
+        if delivery_ids:
+            await self._run("release", q.release, delivery_ids)
+
+    async def next_due(self, subscriber: str) -> float | None:
+        return await self._run("next due", q.next_due, subscriber)
+
+    # -- operations ---------------------------------------------------------------------------
+
+    async def set_account_status(
+        self, account: str, status: str, error: str | None, now: float
+    ) -> None:
+        params = (account, status, error, now)
+        await self._run("set account status", q.execute, q.SQL_ACCOUNT_STATUS, params)
+
+    async def set_subscriber_disabled(
+        self, subscriber: str, reason: str | None, now: float
+    ) -> None:
+        params = (subscriber, reason, now)
+        await self._run("set subscriber state", q.execute, q.SQL_SUBSCRIBER_STATE, params)
+
+    async def disabled_subscribers(self) -> dict[str, str]:
+        return await self._run("list disabled subscribers", q.disabled_subscribers)
+
+    async def dead_letters(self, subscriber: str | None, limit: int) -> list[DeadLetter]:
+        return await self._run("list dead letters", q.dead_letters, subscriber, limit)
+
+    async def replay(self, subscriber: str | None, ids: Sequence[int] | None, now: float) -> int:
+        return await self._run("replay", q.replay, subscriber, ids, now)
+
+    async def prune_delivered(self, before: float) -> int:
+        # One short transaction per chunk, each its own job, so claims and finishes queued on
+        # the thread are not stuck behind a large prune.
+        total, after = 0, (float("-inf"), 0)
+        while True:
+            pruned, last = await self._run("prune delivered", q.prune_chunk, before, after)
+            total += pruned
+            if last is None:
+                return total
+            after = last
+
+    async def stats(self) -> StoreStats:
+        return await self._run("stats", q.stats)
+
+
+def integrity_check(path: str) -> str:
+    """Run ``PRAGMA integrity_check`` on a state file (read-only); ``"ok"`` when healthy."""
+    uri = f"{pathlib.Path(path).absolute().as_uri()}?mode=ro"
+    with contextlib.closing(sqlite3.connect(uri, uri=True)) as conn:
+        rows = conn.execute("PRAGMA integrity_check").fetchall()
+    return "\n".join(str(row[0]) for row in rows)
+
+
+# -- opening --------------------------------------------------------------------------------------
+
+
+def _take_lock(path: str) -> int:
+    lock_path = f"{path}.lock"
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise StoreError(
+            f"cannot open state file {path}: cannot create {lock_path}: {reason}"
+        ) from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise StoreLocked(f"state file {path} is in use by another relay process") from None
+        raise StoreError(f"cannot lock state file {path}: {exc.strerror}") from exc
+    return fd

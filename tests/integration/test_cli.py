@@ -1,0 +1,117 @@
+"""The `relay` command surface: help everywhere, config checking, and the demo end to end."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from relay.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+SUBCOMMANDS = ["run", "check-config", "demo", "status", "dead-letters", "enable-subscriber"]
+
+
+@pytest.mark.parametrize("argv", [["--help"]] + [[c, "--help"] for c in SUBCOMMANDS])
+def test_every_command_has_help(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 0
+    assert "usage: relay" in capsys.readouterr().out
+
+
+EXAMPLE_ENV = {
+    "WEBFONES_API_KEY_MAIN": "main-key-0123456789",
+    "WEBFONES_API_KEY_SALES": "sales-key-0123456789",
+    "ZAPIER_WEBHOOK_SECRET": "whsec_" + "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+    "N8N_WEBHOOK_SECRET": "whsec_" + "ZmVkY2JhOTg3NjU0MzIxMGZlZGNiYTk4NzY1NDMyMTA=",
+    "N8N_TOKEN": "n8n-token-abcdef123456",
+    "CRM_WEBHOOK_SECRET": "whsec_" + "YWJjZGVmMDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODk=",
+    "ADMIN_TOKEN": "admin-token-abcdef123456",
+}
+
+
+def test_check_config_accepts_the_example(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name, value in EXAMPLE_ENV.items():
+        monkeypatch.setenv(name, value)
+    assert main(["check-config", "--config", str(ROOT / "config.example.yaml")]) == 0
+    out = capsys.readouterr()
+    assert out.out.startswith("config OK: 2 account(s), 3 subscriber(s)")
+    for secret in EXAMPLE_ENV.values():
+        assert secret not in out.out + out.err
+
+
+def test_bad_config_exits_2_with_one_line_per_problem(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = tmp_path / "relay.yaml"
+    cfg.write_text(
+        "upstream:\n"
+        "  pol_interval: 5s\n"
+        "  accounts: [{name: main, api_key: secret-key-123456}]\n"
+        "subscribers:\n"
+        "  - {name: a, url: 'ftp://x', secret: 'whsec_bm90LWJhc2U2NA'}\n"
+    )
+    for command in ("check-config", "run"):
+        assert main([command, "--config", str(cfg)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert "upstream.pol_interval: unknown key" in err
+        assert "subscribers[0].url: must be http(s) URL" in err
+        assert any(line.startswith("subscribers[0].secret: ") for line in err)
+        assert len(err) == 3
+        assert "secret-key-123456" not in "\n".join(err)
+
+
+def test_demo_delivers_every_simulated_call_with_valid_signatures() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "relay", "demo", "--duration", "3", "--rate", "4", "--seed", "3"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr
+    summary = re.search(
+        r"(\d+) calls produced; crm received (\d+), slack received (\d+) .*"
+        r"rejected signatures: (\d+)",
+        proc.stdout,
+    )
+    assert summary, proc.stdout
+    produced, crm, slack, rejected = map(int, summary.groups())
+    assert produced > 0
+    assert crm == produced and slack == produced
+    assert rejected == 0
+    assert len(re.findall(r"^\d\d:\d\d:\d\d  crm ", proc.stdout, re.M)) == produced
+
+
+def test_demo_without_duration_runs_until_ctrl_c() -> None:
+    """The README's first command runs `relay demo` with no options: it must run, then stop
+    cleanly on Ctrl-C."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "relay", "demo", "--rate", "5", "--seed", "4"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+        assert proc.stdout is not None
+        lines = []
+        for line in proc.stdout:  # wait for the first delivered call, however long it takes
+            lines.append(line)
+            if re.match(r"^\d\d:\d\d:\d\d  (crm|slack) ", line):
+                break
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert "calls produced" in out, "".join(lines) + out + err
+    assert "rejected signatures: 0" in out
