@@ -74,13 +74,13 @@ class Party:
     def label(self) -> str:
         """A short human label: ``B WHITTAKER (111) 111-1111``, ``x3203`` or ``unknown``.
 
-        Our own side is named by extension when it has one (the main number says nothing).
+        Our own side is named by extension when it has one (the main number says nothing), and
+        so is a party known only by extension.
         """
-        if self.side == "inside" and self.extension:
-            return f"x{self.extension}"
-        parts = [p for p in (self.name, self.written) if p]
-        if not parts and self.extension:
-            return f"x{self.extension}"
+        if self.extension and (self.side == "inside" or self.number is None):
+            parts = [p for p in (self.name, f"x{self.extension}") if p]
+        else:
+            parts = [p for p in (self.name, self.written) if p]
         return " ".join(parts) if parts else "unknown"
 
 

@@ -1,0 +1,125 @@
+"""Payload formats: the body each subscriber receives, rendered purely from stored inputs.
+
+``subscribers[].format`` picks one of :data:`FORMATS`:
+
+- ``envelope`` (default): today's body, built by :func:`relay.envelope.build_body`, unchanged;
+- ``record``: the upstream record alone, verbatim;
+- ``slack``, ``teams``, ``discord``: chat messages (see their modules for the limits honoured);
+- ``template``: a Jinja2 template rendering JSON (``subscribers[].template``).
+
+:func:`render` is deterministic -- the same record, view and envelope fields always give the same
+bytes -- so a body can be rendered again on every attempt from what the store holds, and the
+receiver still sees one byte-identical body (and one signature input) per delivery.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, NotRequired, TypedDict, get_args
+from zoneinfo import ZoneInfo
+
+from relay.core.callview import CallView
+from relay.core.formats.common import dumps
+from relay.core.formats.discord import render_discord
+from relay.core.formats.errors import RenderError, TemplateCompileError
+from relay.core.formats.slack import render_slack
+from relay.core.formats.teams import render_teams
+from relay.core.formats.template import (
+    DEFAULT_MAX_BYTES,
+    SAMPLE_RECORD,
+    CompiledTemplate,
+    compile_template,
+    render_template,
+)
+from relay.envelope import build_body
+
+FormatName = Literal["envelope", "record", "slack", "teams", "discord", "template"]
+FORMATS: tuple[str, ...] = get_args(FormatName)
+
+__all__ = [
+    "DEFAULT_MAX_BYTES",
+    "FORMATS",
+    "SAMPLE_RECORD",
+    "CompiledTemplate",
+    "EnvelopeFields",
+    "FormatName",
+    "FormatSpec",
+    "RenderError",
+    "TemplateCompileError",
+    "compile_format",
+    "compile_template",
+    "render",
+]
+
+
+class EnvelopeFields(TypedDict):
+    """What the relay knows about a delivery beyond the record: the account, when the record
+    was received (Unix seconds, as stored), and the delivery's stable ``webhook-id``."""
+
+    account: str
+    received_at: float
+    webhook_id: NotRequired[str]
+
+
+@dataclass(frozen=True, slots=True)
+class FormatSpec:
+    """A subscriber's validated format; ``template`` is set exactly when ``name`` is
+    ``template``. Build it with :func:`compile_format`."""
+
+    name: FormatName = "envelope"
+    template: CompiledTemplate | None = None
+
+
+ENVELOPE = FormatSpec()
+
+
+def compile_format(
+    name: str,
+    template: str | None,
+    path: str,
+    *,
+    tz: ZoneInfo | None = None,
+    region: str | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> FormatSpec:
+    """Validate a subscriber's ``format`` and ``template`` keys (``path`` is the subscriber's
+    key, e.g. ``subscribers[1]``). Raises :class:`TemplateCompileError` with one line naming
+    the key: an unknown format, a template without ``format: template`` or the reverse, or a
+    template that does not compile or fails on the sample record."""
+    if name not in FORMATS:
+        choices = ", ".join(FORMATS)
+        raise TemplateCompileError(f"{path}.format: unknown format {name!r} (one of {choices})")
+    if name == "template":
+        if not template:
+            raise TemplateCompileError(f"{path}.template: required when format is template")
+        compiled = compile_template(
+            template, f"{path}.template", tz=tz, region=region, max_bytes=max_bytes
+        )
+        return FormatSpec("template", compiled)
+    if template is not None:
+        raise TemplateCompileError(f"{path}.template: only used with format: template")
+    return FormatSpec(name)  # type: ignore[arg-type]  # checked against FORMATS above
+
+
+def render(
+    spec: FormatSpec,
+    record: Mapping[str, Any],
+    view: CallView,
+    envelope_fields: EnvelopeFields,
+) -> bytes:
+    """The body for one delivery, as bytes. Deterministic; raises only :class:`RenderError`
+    (from a ``template``), which is permanent for these inputs."""
+    if spec.name == "envelope":
+        return build_body(envelope_fields["account"], envelope_fields["received_at"], record)
+    if spec.name == "record":
+        return dumps(record if isinstance(record, dict) else dict(record))
+    if spec.name == "slack":
+        return render_slack(view)
+    if spec.name == "teams":
+        return render_teams(view)
+    if spec.name == "discord":
+        return render_discord(view)
+    if spec.template is None:
+        raise RenderError("format template without a compiled template")
+    return render_template(spec.template, record, view, envelope_fields)

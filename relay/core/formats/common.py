@@ -1,0 +1,146 @@
+"""Shared pieces of the chat formats: the one-line summary, the facts, JSON and truncation.
+
+Slack, Teams and Discord show the same information in their own shapes; it is computed here
+once so they cannot drift apart. Everything is pure and deterministic: same call view, same text.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from relay.core.callview import CallView, Party
+
+ELLIPSIS = "…"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+
+
+def dumps(value: Any) -> bytes:
+    """Compact UTF-8 JSON, deterministic for a given value (keys keep their order).
+
+    orjson for speed; values orjson refuses but JSON allows (integers beyond 64 bits) fall back
+    to the stdlib with the same compact separators, as the envelope does.
+    """
+    try:
+        return orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode(
+            "utf-8", "backslashreplace"
+        )
+
+
+def clean(text: str) -> str:
+    """One line of text: control characters and line breaks become single spaces, so a caller
+    name cannot start a Markdown heading or a list on a new line."""
+    return _CONTROL.sub(" ", text).strip()
+
+
+def truncate(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` characters (code points), ending in ``…`` if cut."""
+    if len(text) <= limit:
+        return text
+    return text[: max(limit - 1, 0)] + ELLIPSIS
+
+
+def fit(text: str, limit: int, escape_char: Callable[[str], str]) -> str:
+    """Escape ``text`` char by char and cut it (with ``…``) so the result fits ``limit``
+    characters. Escapes are kept whole: cutting ``&amp;`` or ``\\*`` in half shows garbage."""
+    escaped = "".join(map(escape_char, text))
+    if len(escaped) <= limit:
+        return escaped
+    out: list[str] = []
+    used = 0
+    for char in text:
+        piece = escape_char(char)
+        if used + len(piece) > limit - 1:
+            break
+        out.append(piece)
+        used += len(piece)
+    return "".join(out) + ELLIPSIS
+
+
+def mmss(seconds: int | None) -> str | None:
+    """``192`` -> ``"3:12"``, ``3725`` -> ``"1:02:05"``; ``None`` stays ``None``."""
+    if seconds is None:
+        return None
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def kind(view: CallView) -> str:
+    """``Missed call``, ``Incoming call``, ``Outgoing call``, ``Internal call`` or ``Call``."""
+    if view.missed:
+        return "Missed call"
+    return {
+        "inbound": "Incoming call",
+        "outbound": "Outgoing call",
+        "internal": "Internal call",
+    }.get(view.direction, "Call")
+
+
+def talk_time(view: CallView) -> int | None:
+    """Seconds worth showing: talk time if the record has it, else the whole duration."""
+    if view.talk_seconds:
+        return view.talk_seconds
+    return view.duration or None
+
+
+def hhmm(view: CallView) -> str | None:
+    """The local wall-clock start ``20:54`` (in the upstream time zone), if known."""
+    return view.start[11:16] if view.start else None
+
+
+def status(view: CallView) -> str | None:
+    """What to say after the headline: ``answered, 3:12``, ``voicemail``, ``busy``…
+
+    A plain missed call (no answer) needs no status: the headline says it.
+    """
+    disposition = clean(view.disposition).lower() if view.disposition else None
+    if disposition is None or (view.missed and disposition == "no answer"):
+        return None
+    parts = [disposition]
+    if view.answered and (spoken := mmss(talk_time(view))):
+        parts.append(spoken)
+    return ", ".join(parts)
+
+
+def headline(view: CallView) -> str:
+    """The one-liner, e.g. ``Missed call from B WHITTAKER (111) 111-1111 → x3203, 20:54``."""
+    text = f"{kind(view)} from {clean(view.caller.label())} → {clean(view.callee.label())}"
+    if when := hhmm(view):
+        text += f", {when}"
+    if said := status(view):
+        text += f" ({said})"
+    return text
+
+
+def facts(view: CallView) -> list[tuple[str, str]]:
+    """Label/value pairs for a card or an embed, in display order; empty values left out."""
+    pairs = [
+        ("From", _number(view.caller)),
+        ("To", _number(view.callee)),
+        ("Direction", view.direction),
+        ("Status", clean(view.disposition) if view.disposition else ""),
+        ("Duration", mmss(talk_time(view)) or ""),
+        ("Started", view.start or ""),
+    ]
+    return [(label, value) for label, value in pairs if value]
+
+
+def footer(view: CallView) -> str:
+    """``acme · rid 211159``: where the call came from, for whoever has to look it up."""
+    rid = f" · rid {view.rid}" if view.rid is not None else ""
+    return clean(view.account) + rid
+
+
+def _number(party: Party) -> str:
+    number = party.number or ""
+    if party.extension:
+        number = f"{number} x{party.extension}".strip()
+    name = clean(party.name) if party.name else ""
+    return clean(f"{name} {number}".strip()) if name or number else ""
