@@ -62,3 +62,24 @@ class StoreLocked(StoreError):
 
 class StoreFull(StoreError):
     """The disk holding the state store is full; new work is refused until space returns."""
+
+
+class FilterSpecError(RelayError, ValueError):
+    """A subscriber filter is invalid. ``problems`` holds one line per problem, each naming its
+    key (``subscribers[2].filter.disposition: unknown operator $neq``). A ValueError too, so a
+    pydantic validator can raise it as is."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(problems))
+
+
+class RenderError(RelayError):
+    """A body could not be rendered for a subscriber (a template failed, its output is not
+    JSON or is over the size cap). Permanent: the same inputs fail the same way, so the
+    delivery is dead-lettered with this message, which never quotes a secret."""
+
+
+class TemplateCompileError(RenderError, ValueError):
+    """A subscriber's ``format``/``template`` is invalid: it does not compile or fails on the
+    sample record. The message is one line and starts with the configuration key."""

@@ -35,7 +35,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from relay.errors import RelayError
+from relay.core.errors import FilterSpecError
+
+__all__ = ["MATCH_ALL", "Filter", "FilterSpecError", "compile_filter"]
 
 Predicate = Callable[[Mapping[str, Any], Mapping[str, Any]], bool]
 _Getter = Callable[[Mapping[str, Any], Mapping[str, Any]], Any]
@@ -48,14 +50,6 @@ _COMPARISONS = frozenset({"$gt", "$gte", "$lt", "$lte"})
 _FIELD_OPERATORS = frozenset(
     {"$eq", "$ne", "$in", "$nin", "$exists", "$startsWith", "$not", *_COMPARISONS}
 )
-
-
-class FilterSpecError(RelayError, ValueError):
-    """A filter is invalid. ``problems`` holds one line per problem, each naming its key."""
-
-    def __init__(self, problems: list[str]) -> None:
-        self.problems = problems
-        super().__init__("; ".join(problems))
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from relay.core.errors import RelayError
 from relay.core.filters import MATCH_ALL, FilterSpecError, compile_filter
-from relay.errors import RelayError
 
 QUOTE = "quote dates and times"
 REC: dict[str, Any] = {

@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from relay.core.callview import call_view
+from relay.core.envelope import build_body
 from relay.core.formats import (
     FORMATS,
     EnvelopeFields,
@@ -20,7 +21,6 @@ from relay.core.formats import (
 )
 from relay.core.formats.common import clean, headline, mmss, truncate
 from relay.core.formats.discord import embed_length
-from relay.envelope import build_body
 
 NY = ZoneInfo("America/New_York")
 ENV: EnvelopeFields = {"account": "acme", "received_at": 1751417700.5}

@@ -9,6 +9,7 @@ import orjson
 import pytest
 
 from relay.core.callview import call_view
+from relay.core.errors import RelayError
 from relay.core.formats import (
     EnvelopeFields,
     RenderError,
@@ -18,7 +19,6 @@ from relay.core.formats import (
     render,
 )
 from relay.core.formats.template import render_template
-from relay.errors import RelayError
 
 NY = ZoneInfo("America/New_York")
 ENV: EnvelopeFields = {"account": "acme", "received_at": 1751417700.5, "webhook_id": "msg_x"}

@@ -20,9 +20,10 @@ from typing import Any, Literal, NotRequired, TypedDict, get_args
 from zoneinfo import ZoneInfo
 
 from relay.core.callview import CallView
+from relay.core.envelope import build_body
+from relay.core.errors import RenderError, TemplateCompileError
 from relay.core.formats.common import dumps
 from relay.core.formats.discord import render_discord
-from relay.core.formats.errors import RenderError, TemplateCompileError
 from relay.core.formats.slack import render_slack
 from relay.core.formats.teams import render_teams
 from relay.core.formats.template import (
@@ -32,7 +33,6 @@ from relay.core.formats.template import (
     compile_template,
     render_template,
 )
-from relay.envelope import build_body
 
 FormatName = Literal["envelope", "record", "slack", "teams", "discord", "template"]
 FORMATS: tuple[str, ...] = get_args(FormatName)

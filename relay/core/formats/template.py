@@ -34,9 +34,9 @@ import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from relay.core.callview import CallView, call_view, parse_number
+from relay.core.envelope import iso_utc
+from relay.core.errors import RenderError, TemplateCompileError
 from relay.core.formats.common import dumps
-from relay.core.formats.errors import RenderError, TemplateCompileError
-from relay.envelope import iso_utc
 
 DEFAULT_MAX_BYTES = 64 * 1024
 EVENT_TYPE = "call.record"
