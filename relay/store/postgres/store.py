@@ -1,0 +1,361 @@
+"""The PostgreSQL backend: one database shared by any number of relay instances.
+
+Each operation borrows a connection from an asyncpg pool and runs as one transaction (or one
+statement), so a failure leaves nothing half-written. Unlike SQLite there is no single owner:
+claims take rows with ``FOR UPDATE SKIP LOCKED`` and stamp them with the instance id and a
+fresh fencing token; results and releases carrying a token apply only while that claim still
+stands. Opening never resets in-flight rows (another instance may be working on them); a dead
+instance's claims come back through :meth:`PostgresStore.recover_dead_instances`, and any
+expired lease is claimable anyway.
+
+Driver and server failures surface as :class:`StoreError` (:class:`StoreFull` when the server's
+disk is full) naming the database without its password; the pool replaces broken connections,
+so the next operation after a dropped connection or a server restart works again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from relay.core.errors import StoreError
+from relay.core.models import (
+    AccountCursor,
+    DeadLetter,
+    Delivery,
+    Finished,
+    IngestBatch,
+    IngestResult,
+    Outcome,
+)
+from relay.store.base import Store
+from relay.store.postgres import migrations
+from relay.store.postgres import sql as q
+from relay.store.postgres.connect import DRIVER_ERRORS, Target, parse_target, store_error
+from relay.store.postgres.shared import SharedStateMixin, notify_due
+
+log = logging.getLogger(__name__)
+
+_STATE_AFTER = {
+    Outcome.DELIVERED: "delivered",
+    Outcome.RETRY: "pending",
+    Outcome.DEAD: "dead",
+    Outcome.GONE: "pending",  # kept for when the subscriber is re-enabled
+}
+_STATES = ("pending", "inflight", "delivered", "dead")
+
+
+class PostgresStore(SharedStateMixin, Store):
+    """:class:`Store` on a PostgreSQL database shared by several relay instances.
+
+    ``instance_id`` stamps this store's claims (see :meth:`register_instance`); by default a
+    random one, so two processes never share an id by accident.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        instance_id: str | None = None,
+        min_connections: int = 1,
+        max_connections: int = 8,
+        command_timeout: float = 60.0,
+    ) -> None:
+        self.target: Target = parse_target(url)
+        self.instance_id = instance_id or f"relay-{uuid.uuid4().hex[:12]}"
+        self._min = min_connections
+        self._max = max_connections
+        self._command_timeout = command_timeout
+        self._pool: asyncpg.Pool[asyncpg.Record] | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._pool is not None:
+            raise StoreError(f"PostgreSQL {self.target.where} is already open")
+        try:
+            conn = await asyncpg.connect(**self.target.connect_args())
+            try:
+                schema = await migrations.target_schema(conn, self.target.schema)
+                await migrations.migrate(conn, schema, create_schema=self.target.schema is not None)
+            finally:
+                await conn.close()
+            self._pool = await asyncpg.create_pool(
+                **self.target.connect_args(),
+                min_size=self._min,
+                max_size=self._max,
+                command_timeout=self._command_timeout,
+            )
+        except DRIVER_ERRORS as exc:
+            raise store_error(self.target, "open", exc) from exc
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            try:
+                await pool.close()
+            except DRIVER_ERRORS:
+                log.warning("PostgreSQL pool did not close cleanly; terminating", exc_info=True)
+                pool.terminate()
+
+    @contextlib.asynccontextmanager
+    async def _conn(self, op: str) -> AsyncIterator[PoolConnectionProxy[asyncpg.Record]]:
+        """A pooled connection for ``op``; driver failures become :class:`StoreError`."""
+        pool = self._pool
+        if pool is None:
+            raise StoreError(f"PostgreSQL {self.target.where} is not open")
+        try:
+            async with pool.acquire() as conn:
+                yield conn
+        except DRIVER_ERRORS as exc:
+            raise store_error(self.target, op, exc) from exc
+
+    @contextlib.asynccontextmanager
+    async def _tx(self, op: str) -> AsyncIterator[PoolConnectionProxy[asyncpg.Record]]:
+        """A pooled connection inside one transaction for ``op``."""
+        async with self._conn(op) as conn, conn.transaction():
+            yield conn
+
+    async def _execute(self, op: str, sql: str, *args: Any) -> None:
+        async with self._conn(op) as conn:
+            await conn.execute(sql, *args)
+
+    # -- ingest -------------------------------------------------------------------------------
+
+    async def load_cursor(self, account: str) -> AccountCursor:
+        async with self._conn("load cursor") as conn:
+            row = await conn.fetchrow(q.LOAD_CURSOR, account)
+        return AccountCursor(None, None) if row is None else AccountCursor(*row)
+
+    async def ingest(self, batch: IngestBatch) -> IngestResult:
+        first: dict[int, tuple[str, bytes]] = {}
+        for record in batch.records:
+            first.setdefault(record.rid, (record.call_ts, record.body))  # the first one wins
+        rids = list(first)
+        at = batch.received_at
+        async with self._tx("ingest") as conn:
+            fresh: set[int] = set()
+            if rids:
+                stamps = [first[r][0] for r in rids]
+                rows = await conn.fetch(q.MARK_SEEN, batch.account, rids, stamps, at)
+                fresh = {row[0] for row in rows}
+            new = [r for r in rids if r in fresh]  # in batch order
+            subscribers = list(dict.fromkeys(batch.subscribers))
+            if new and not batch.seed_only:
+                ids = await conn.fetch(
+                    q.INSERT_RECORDS,
+                    batch.account,
+                    new,
+                    [first[r][0] for r in new],
+                    at,
+                    [first[r][1] for r in new],
+                )
+                if subscribers:
+                    await conn.execute(q.FAN_OUT, [row[0] for row in ids], subscribers, at)
+                    await notify_due(conn, subscribers)
+            if batch.quarantined:
+                raws = [item.raw for item in batch.quarantined]
+                reasons = [item.reason for item in batch.quarantined]
+                await conn.execute(q.QUARANTINE, batch.account, raws, reasons, at)
+            if batch.cursor is not None:
+                await conn.execute(q.ADVANCE_CURSOR, batch.account, batch.cursor)
+        return IngestResult(new, len(batch.records) - len(new))
+
+    async def mark_swept(self, account: str, at: float, anchor: str | None) -> None:
+        await self._execute("mark swept", q.MARK_SWEPT, account, at, anchor)
+
+    async def prune_seen(self, account: str, older_than_ts: str, seen_before: float) -> int:
+        # In bounded steps, each its own transaction: a big cleanup never holds locks for long.
+        total = 0
+        while True:
+            async with self._conn("prune seen") as conn:
+                status = await conn.execute(
+                    q.PRUNE_SEEN, account, older_than_ts, seen_before, q.PRUNE_SEEN_CHUNK
+                )
+            pruned = _rowcount(status)
+            total += pruned
+            if pruned < q.PRUNE_SEEN_CHUNK:
+                return total
+
+    # -- delivery -----------------------------------------------------------------------------
+
+    async def claim(self, subscriber: str, limit: int, now: float, lease: float) -> list[Delivery]:
+        if limit <= 0:
+            return []
+        async with self._conn("claim") as conn:
+            rows = await conn.fetch(q.CLAIM, subscriber, now, limit, lease, self.instance_id)
+        return [
+            Delivery(
+                id=row[0],
+                subscriber=subscriber,
+                account=row[3],
+                rid=row[4],
+                body=row[5],
+                attempts=row[1],
+                token=row[2],
+            )
+            for row in rows
+        ]
+
+    async def finish(self, results: Sequence[Finished]) -> None:
+        if not results:
+            return
+        gone = [f.delivery_id for f in results if f.outcome is Outcome.GONE]
+        async with self._tx("finish") as conn:
+            if len({f.delivery_id for f in results}) == len(results):
+                await conn.execute(q.FINISH, *_finish_arrays(results))
+            else:
+                # A delivery twice in one batch: one statement each, in order, as on SQLite.
+                for f in results:
+                    await conn.execute(q.FINISH, *_finish_arrays([f]))
+            if gone:
+                await conn.execute(q.DISABLE_GONE, gone, q.GONE_REASON, time.time())
+
+    async def release(self, delivery_ids: Sequence[int]) -> None:
+        if delivery_ids:
+            async with self._tx("release") as conn:
+                rows = await conn.fetch(q.RELEASE, list(delivery_ids))
+                await notify_due(conn, {row[0] for row in rows})
+
+    async def next_due(self, subscriber: str) -> float | None:
+        async with self._conn("next due") as conn:
+            # A disabled subscriber has nothing due until it is re-enabled (which wakes it).
+            if await conn.fetchval(q.SUBSCRIBER_DISABLED, subscriber) is not None:
+                return None
+            value = await conn.fetchval(q.NEXT_DUE, subscriber)
+        return None if value is None else float(value)
+
+    # -- operations ---------------------------------------------------------------------------
+
+    async def set_account_status(self, account: str, status: str, error: str | None) -> None:
+        await self._execute(
+            "set account status", q.ACCOUNT_STATUS, account, status, error, time.time()
+        )
+
+    async def set_subscriber_disabled(self, subscriber: str, reason: str | None) -> None:
+        async with self._tx("set subscriber state") as conn:
+            await conn.execute(q.SUBSCRIBER_STATE, subscriber, reason, time.time())
+            await conn.execute(q.NOTIFY, q.NOTIFY_CHANNEL, [f"subscriber:{subscriber}"])
+
+    async def disabled_subscribers(self) -> dict[str, str]:
+        async with self._conn("list disabled subscribers") as conn:
+            rows = await conn.fetch(q.DISABLED_SUBSCRIBERS)
+        return {row[0]: row[1] for row in rows}
+
+    async def dead_letters(self, subscriber: str | None, limit: int) -> list[DeadLetter]:
+        async with self._conn("list dead letters") as conn:
+            rows = await conn.fetch(q.DEAD_LETTERS, subscriber, limit)
+        return [DeadLetter(*row) for row in rows]
+
+    async def replay(self, subscriber: str | None, ids: Sequence[int] | None, now: float) -> int:
+        if ids is not None and not ids:
+            return 0
+        async with self._tx("replay") as conn:
+            rows = await conn.fetch(
+                q.REPLAY, now, subscriber, None if ids is None else list(ids)
+            )
+            await notify_due(conn, {row[0] for row in rows})
+        return len(rows)
+
+    async def prune_delivered(self, before: float) -> int:
+        """As the interface says, in bounded batches; and only one instance at a time prunes:
+        while another holds the maintenance lock this returns 0 at once."""
+        total, after = 0, (float("-inf"), 0)
+        async with self._conn("prune delivered") as conn:
+            if not await conn.fetchval("SELECT pg_try_advisory_lock($1, $2)", *q.MAINTENANCE_LOCK):
+                log.info("another instance is pruning; skipped")
+                return 0
+            try:
+                while True:
+                    # Autocommit per statement: every chunk is its own short transaction.
+                    row = await conn.fetchrow(q.PRUNE_DELIVERED, before, *after, q.PRUNE_CHUNK)
+                    assert row is not None
+                    pruned, examined, last_at, last_id = row
+                    total += pruned
+                    if examined < q.PRUNE_CHUNK:
+                        return total
+                    after = (last_at, last_id)
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock($1, $2)", *q.MAINTENANCE_LOCK)
+
+    async def stats(self) -> dict[str, Any]:
+        async with self._conn("stats") as conn:
+            # One snapshot for every count, as on SQLite.
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                cursors = await conn.fetch(q.ACCOUNT_CURSORS)
+                statuses = await conn.fetch(q.ACCOUNT_STATUSES)
+                counts = await conn.fetch(q.STATE_COUNTS)
+                states = await conn.fetch(q.SUBSCRIBER_STATES)
+                quarantined, seen = await conn.fetchrow(q.COUNTS) or (0, 0)
+        accounts: dict[str, dict[str, Any]] = {}
+
+        def account(name: str) -> dict[str, Any]:
+            empty = {"cursor": None, "last_sweep": None, "status": None, "error": None}
+            return accounts.setdefault(name, empty)
+
+        for name, newest, last_sweep in cursors:
+            account(name).update(cursor=newest, last_sweep=last_sweep)
+        for name, status, error in statuses:
+            account(name).update(status=status, error=error)
+        subscribers: dict[str, dict[str, Any]] = {}
+
+        def subscriber(name: str) -> dict[str, Any]:
+            empty: dict[str, Any] = {state: 0 for state in _STATES}
+            empty.update(disabled=None, oldest_pending_at=None)
+            return subscribers.setdefault(name, empty)
+
+        for name, state, count, oldest in counts:
+            subscriber(name)[state] = count
+            if state == "pending":
+                subscriber(name)["oldest_pending_at"] = oldest
+        for name, reason in states:
+            subscriber(name)["disabled"] = reason
+        return {
+            "accounts": accounts,
+            "subscribers": subscribers,
+            "quarantined": quarantined,
+            "seen": seen,
+        }
+
+
+def _finish_arrays(results: Sequence[Finished]) -> list[list[Any]]:
+    """The results as the parallel arrays :data:`sql.FINISH` expands."""
+    columns: list[list[Any]] = [[] for _ in range(9)]
+    for f in results:
+        a = f.attempt
+        if f.outcome in (Outcome.RETRY, Outcome.GONE):
+            next_at: float | None = f.next_at if f.next_at is not None else a.at
+        else:
+            next_at = None  # unchanged
+        row = (f.delivery_id, a.at, a.status, _text(a.error), a.latency_ms, _text(a.response),
+               _STATE_AFTER[f.outcome], next_at, f.token)  # fmt: skip
+        for column, value in zip(columns, row, strict=True):
+            column.append(value)
+    return columns
+
+
+def _text(value: str | None) -> str | None:
+    """``value`` as PostgreSQL ``text`` can hold it: no NUL, no lone surrogate (a receiver's
+    error text may carry either; SQLite takes them, and an attempt must never fail to save)."""
+    if value is None:
+        return None
+    value = value.replace("\x00", "\ufffd")
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        value = value.encode(errors="replace").decode()
+    return value
+
+
+def _rowcount(status: str) -> int:
+    """The row count of a command tag such as ``DELETE 42``."""
+    tail = status.rsplit(" ", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
+
