@@ -140,9 +140,9 @@ class SharedStateMixin:
             row = await conn.fetchrow(q.BUDGET_STATE, key_id)
         if row is None:  # deleted meanwhile by hand: ask again at once
             return 0.0
-        level, at, paused_until = row
+        level, at, paused_until = float(row[0]), float(row[1]), row[2]
         if paused_until is not None and paused_until > now:
-            return float(paused_until - now)
+            return float(paused_until) - now
         drained = max(0.0, level - rate * max(0.0, now - at))
         # Read after the refusal, without the lock: a hint only. Never 0, or the caller spins.
         return max((drained + 1 - capacity) / rate, 1e-3)

@@ -77,14 +77,16 @@ NOTIFY = "SELECT pg_notify($1, payload) FROM unnest($2::text[]) AS p(payload)"
 # now without waiting and without ever getting the same row. The winners are stamped with this
 # store's owner and a fresh fencing token, and come back with their record in queue order.
 CLAIM = """
-WITH due AS (
-    (SELECT id, next_at FROM deliveries
-     WHERE subscriber = $1 AND state = 'pending' AND next_at <= $2
-     ORDER BY next_at, id LIMIT $3 FOR UPDATE SKIP LOCKED)
-    UNION ALL
-    (SELECT id, next_at FROM deliveries
-     WHERE subscriber = $1 AND state = 'inflight' AND lease_until < $2
-     ORDER BY lease_until LIMIT $3 FOR UPDATE SKIP LOCKED)
+WITH pending AS (
+    SELECT id, next_at FROM deliveries
+    WHERE subscriber = $1 AND state = 'pending' AND next_at <= $2
+    ORDER BY next_at, id LIMIT $3 FOR UPDATE SKIP LOCKED
+), expired AS (
+    SELECT id, next_at FROM deliveries
+    WHERE subscriber = $1 AND state = 'inflight' AND lease_until < $2
+    ORDER BY lease_until LIMIT $3 FOR UPDATE SKIP LOCKED
+), due AS (
+    SELECT id, next_at FROM pending UNION ALL SELECT id, next_at FROM expired
 ), picked AS (
     SELECT id FROM due
     WHERE NOT EXISTS (SELECT 1 FROM subscriber_state
@@ -126,7 +128,7 @@ WHERE d.id = f.id AND d.state <> 'delivered' AND (f.token IS NULL OR d.token = f
 
 DISABLE_GONE = """
 INSERT INTO subscriber_state (subscriber, disabled_reason, updated_at)
-SELECT DISTINCT subscriber, $2, $3 FROM deliveries WHERE id = ANY($1::bigint[])
+SELECT DISTINCT subscriber, $2::text, $3::float8 FROM deliveries WHERE id = ANY($1::bigint[])
 ON CONFLICT (subscriber) DO UPDATE
 SET disabled_reason = excluded.disabled_reason, updated_at = excluded.updated_at
 """

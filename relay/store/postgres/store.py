@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -35,6 +34,7 @@ from relay.core.models import (
     IngestResult,
     Outcome,
 )
+from relay.core.status import AccountState, QueueCounts, StoreStats
 from relay.store.base import Store
 from relay.store.postgres import migrations
 from relay.store.postgres import sql as q
@@ -49,7 +49,6 @@ _STATE_AFTER = {
     Outcome.DEAD: "dead",
     Outcome.GONE: "pending",  # kept for when the subscriber is re-enabled
 }
-_STATES = ("pending", "inflight", "delivered", "dead")
 
 
 class PostgresStore(SharedStateMixin, Store):
@@ -207,7 +206,7 @@ class PostgresStore(SharedStateMixin, Store):
     async def finish(self, results: Sequence[Finished]) -> None:
         if not results:
             return
-        gone = [f.delivery_id for f in results if f.outcome is Outcome.GONE]
+        gone = [f for f in results if f.outcome is Outcome.GONE]
         async with self._tx("finish") as conn:
             if len({f.delivery_id for f in results}) == len(results):
                 await conn.execute(q.FINISH, *_finish_arrays(results))
@@ -215,8 +214,10 @@ class PostgresStore(SharedStateMixin, Store):
                 # A delivery twice in one batch: one statement each, in order, as on SQLite.
                 for f in results:
                     await conn.execute(q.FINISH, *_finish_arrays([f]))
-            if gone:
-                await conn.execute(q.DISABLE_GONE, gone, q.GONE_REASON, time.time())
+            # The disable is stamped with the 410's own time, one statement per attempt time.
+            for at in sorted({f.attempt.at for f in gone}):
+                ids = [f.delivery_id for f in gone if f.attempt.at == at]
+                await conn.execute(q.DISABLE_GONE, ids, q.GONE_REASON, at)
 
     async def release(self, delivery_ids: Sequence[int]) -> None:
         if delivery_ids:
@@ -234,14 +235,16 @@ class PostgresStore(SharedStateMixin, Store):
 
     # -- operations ---------------------------------------------------------------------------
 
-    async def set_account_status(self, account: str, status: str, error: str | None) -> None:
-        await self._execute(
-            "set account status", q.ACCOUNT_STATUS, account, status, error, time.time()
-        )
+    async def set_account_status(
+        self, account: str, status: str, error: str | None, now: float
+    ) -> None:
+        await self._execute("set account status", q.ACCOUNT_STATUS, account, status, error, now)
 
-    async def set_subscriber_disabled(self, subscriber: str, reason: str | None) -> None:
+    async def set_subscriber_disabled(
+        self, subscriber: str, reason: str | None, now: float
+    ) -> None:
         async with self._tx("set subscriber state") as conn:
-            await conn.execute(q.SUBSCRIBER_STATE, subscriber, reason, time.time())
+            await conn.execute(q.SUBSCRIBER_STATE, subscriber, reason, now)
             await conn.execute(q.NOTIFY, q.NOTIFY_CHANNEL, [f"subscriber:{subscriber}"])
 
     async def disabled_subscribers(self) -> dict[str, str]:
@@ -278,14 +281,14 @@ class PostgresStore(SharedStateMixin, Store):
                     row = await conn.fetchrow(q.PRUNE_DELIVERED, before, *after, q.PRUNE_CHUNK)
                     assert row is not None
                     pruned, examined, last_at, last_id = row
-                    total += pruned
+                    total += int(pruned)
                     if examined < q.PRUNE_CHUNK:
                         return total
                     after = (last_at, last_id)
             finally:
                 await conn.execute("SELECT pg_advisory_unlock($1, $2)", *q.MAINTENANCE_LOCK)
 
-    async def stats(self) -> dict[str, Any]:
+    async def stats(self) -> StoreStats:
         async with self._conn("stats") as conn:
             # One snapshot for every count, as on SQLite.
             async with conn.transaction(isolation="repeatable_read", readonly=True):
@@ -293,36 +296,24 @@ class PostgresStore(SharedStateMixin, Store):
                 statuses = await conn.fetch(q.ACCOUNT_STATUSES)
                 counts = await conn.fetch(q.STATE_COUNTS)
                 states = await conn.fetch(q.SUBSCRIBER_STATES)
-                quarantined, seen = await conn.fetchrow(q.COUNTS) or (0, 0)
-        accounts: dict[str, dict[str, Any]] = {}
-
-        def account(name: str) -> dict[str, Any]:
-            empty = {"cursor": None, "last_sweep": None, "status": None, "error": None}
-            return accounts.setdefault(name, empty)
-
+                totals = await conn.fetchrow(q.COUNTS)
+        result = StoreStats()
+        if totals is not None:
+            result.quarantined, result.seen = totals
         for name, newest, last_sweep in cursors:
-            account(name).update(cursor=newest, last_sweep=last_sweep)
+            account = result.accounts.setdefault(name, AccountState())
+            account.cursor, account.last_sweep = newest, last_sweep
         for name, status, error in statuses:
-            account(name).update(status=status, error=error)
-        subscribers: dict[str, dict[str, Any]] = {}
-
-        def subscriber(name: str) -> dict[str, Any]:
-            empty: dict[str, Any] = {state: 0 for state in _STATES}
-            empty.update(disabled=None, oldest_pending_at=None)
-            return subscribers.setdefault(name, empty)
-
+            account = result.accounts.setdefault(name, AccountState())
+            account.status, account.error = status, error
         for name, state, count, oldest in counts:
-            subscriber(name)[state] = count
+            queue = result.subscribers.setdefault(name, QueueCounts())
+            setattr(queue, state, count)
             if state == "pending":
-                subscriber(name)["oldest_pending_at"] = oldest
+                queue.oldest_pending_at = oldest
         for name, reason in states:
-            subscriber(name)["disabled"] = reason
-        return {
-            "accounts": accounts,
-            "subscribers": subscribers,
-            "quarantined": quarantined,
-            "seen": seen,
-        }
+            result.subscribers.setdefault(name, QueueCounts()).disabled = reason
+        return result
 
 
 def _finish_arrays(results: Sequence[Finished]) -> list[list[Any]]:
