@@ -45,3 +45,21 @@ def bucket_params(requests: int, per: float, burst: int) -> tuple[float, float]:
         raise ValueError("burst must be between 1 and requests")
     rate = (requests + 1 - burst) / (per * (1 + SAFETY))
     return float(burst), burst / rate
+
+
+def bucket_spend(
+    level: float, at: float, now: float, capacity: float, rate: float
+) -> tuple[float, float, float]:
+    """Try one request against a leaky bucket that held ``level`` at time ``at``.
+
+    The bucket drains at ``rate`` per second and holds at most ``capacity`` (see
+    :func:`bucket_params`). Returns ``(level, at, wait)`` afterwards: ``wait`` is 0 when the
+    request is admitted (the level is one higher), else the seconds until one would fit
+    (nothing charged). Time never runs backwards: a ``now`` before ``at`` drains nothing, so
+    a caller whose clock lags cannot empty a bucket that another filled.
+    """
+    t = max(at, now)
+    drained = max(0.0, level - rate * (t - at))
+    if drained + 1 <= capacity:
+        return drained + 1, t, 0.0
+    return drained, t, (drained + 1 - capacity) / rate

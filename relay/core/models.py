@@ -73,7 +73,13 @@ class AccountCursor:
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
-    """One claimed delivery: one record to one subscriber."""
+    """One claimed delivery: one record to one subscriber.
+
+    ``token`` fences the claim on backends shared by several instances: a fresh number for
+    every claim, carried back in :class:`Finished` and to ``release_claims``/``renew_claims``
+    so that a result from a claim that has since expired and been taken again is not applied.
+    0 on backends with a single owner (SQLite), where nothing else can take the claim.
+    """
 
     id: int
     subscriber: str
@@ -81,6 +87,7 @@ class Delivery:
     rid: int
     body: bytes
     attempts: int
+    token: int = 0
 
 
 class Outcome(enum.Enum):
@@ -105,12 +112,18 @@ class Attempt:
 
 @dataclass(frozen=True, slots=True)
 class Finished:
-    """The result of one attempt, to be written back: the outcome and, for RETRY, when."""
+    """The result of one attempt, to be written back: the outcome and, for RETRY, when.
+
+    ``token`` is the :attr:`Delivery.token` of the claim the attempt was made under; when given
+    (not None), a backend that fences claims applies the outcome only while that claim still
+    stands (the attempt itself is always recorded).
+    """
 
     delivery_id: int
     attempt: Attempt
     outcome: Outcome
     next_at: float | None = None
+    token: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,8 +19,9 @@ def open_store(url: str) -> Store:
     """Build (but do not open) the store named by ``url``.
 
     ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db`` (SQLAlchemy's convention) or
-    a plain filesystem path select the SQLite backend. ``postgresql://`` is reserved for the
-    PostgreSQL backend. Anything else raises :class:`StoreError` naming only the scheme, so a
+    a plain filesystem path select the SQLite backend; ``postgresql://`` and ``postgres://``
+    the PostgreSQL one (``?schema=NAME`` puts its tables in that schema). Anything else
+    raises :class:`StoreError` naming only the scheme, so a
     URL's credentials never reach a log.
     """
     url = url.strip()
@@ -35,9 +36,20 @@ def open_store(url: str) -> Store:
             raise StoreError("a sqlite state URL needs a path: sqlite:///relay-state.db")
         return _sqlite(path[1:])
     if scheme in ("postgresql", "postgres"):
-        # The lazy import point: ``from relay.store.postgres import PostgresStore`` goes here.
-        raise StoreError("the PostgreSQL backend is not available yet; use a sqlite path")
-    raise StoreError(f"unsupported state store scheme {scheme!r}; use a sqlite path")
+        return _postgres(url)
+    raise StoreError(
+        f"unsupported state store scheme {scheme!r}; use a sqlite path or a postgresql:// URL"
+    )
+
+
+def _postgres(url: str) -> Store:
+    try:
+        from relay.store.postgres import PostgresStore
+    except ImportError as exc:  # asyncpg is an optional dependency
+        raise StoreError(
+            "the PostgreSQL backend needs asyncpg: pip install 'webfones-relay[postgres]'"
+        ) from exc
+    return PostgresStore(url)
 
 
 def _sqlite(path: str) -> Store:

@@ -10,7 +10,8 @@ caller, so behaviour is reproducible in tests.
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import ClassVar
 
 from relay.core.models import (
     AccountCursor,
@@ -22,13 +23,28 @@ from relay.core.models import (
 )
 from relay.core.status import StoreStats
 
+Wakeup = Callable[[str, str], None]
+"""A wake-up callback of :meth:`Store.listen`: ``(kind, subject)``, called on the event loop."""
+
 
 class Store(abc.ABC):
-    """Durable state: cursors, de-dup memory, records, per-subscriber delivery queues."""
+    """Durable state: cursors, de-dup memory, records, per-subscriber delivery queues.
+
+    The second half of the interface (instances, leases, fenced claims, budgets, wake-ups) is
+    what several relay instances on one shared database need. A single-owner backend (SQLite)
+    implements it trivially but with the same observable contract, so the pipeline calls it
+    the same way whatever the backend.
+    """
+
+    shared: ClassVar[bool] = False
+    """True when several relay instances may use this store at once (PostgreSQL)."""
 
     @abc.abstractmethod
     async def open(self) -> None:
-        """Create or migrate the schema and take ownership (single-writer backends lock here)."""
+        """Create or migrate the schema and take ownership (single-writer backends lock here).
+
+        A single-owner backend also makes every delivery left in flight by a previous run due
+        again; a shared one cannot know who holds them (see :meth:`recover_dead_instances`)."""
 
     @abc.abstractmethod
     async def close(self) -> None:
@@ -64,7 +80,11 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def claim(self, subscriber: str, limit: int, now: float, lease: float) -> list[Delivery]:
         """Take up to ``limit`` due deliveries for one subscriber, oldest first, leasing them
-        until ``now + lease``. A lease that expires makes the delivery claimable again."""
+        until ``now + lease``. A lease that expires makes the delivery claimable again.
+
+        Each claim is stamped with this store's instance and a fresh :attr:`Delivery.token`;
+        on a shared store, concurrent claims from several instances never return the same
+        delivery (rows being claimed elsewhere are skipped, not waited for)."""
 
     @abc.abstractmethod
     async def finish(self, results: Sequence[Finished]) -> None:
@@ -114,9 +134,128 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def prune_delivered(self, before: float) -> int:
-        """Delete records (and their attempts) whose every delivery succeeded before ``before``."""
+        """Delete records (and their attempts) whose every delivery succeeded before ``before``,
+        in bounded batches. On a shared store only one instance prunes at a time: while another
+        does, this returns 0 at once."""
 
     @abc.abstractmethod
     async def stats(self) -> StoreStats:
         """Counts for status output, from one consistent snapshot: per account, per subscriber
         and per state."""
+
+    # -- several instances: registry ----------------------------------------------------------
+    #
+    # An instance registers once with a unique id and heartbeats well within ``ttl``. Its
+    # claims carry that id as their owner. An instance whose heartbeat is older than its ttl is
+    # dead: :meth:`recover_dead_instances`, run by any live instance now and then, makes its
+    # claims due again and frees its account leases. Claims whose lease expires are claimable
+    # anyway; recovery only makes a dead instance's work come back sooner.
+
+    @abc.abstractmethod
+    async def register_instance(self, instance_id: str, now: float, ttl: float) -> None:
+        """Record ``instance_id`` as alive until ``now + ttl`` (again, if it was known), and
+        stamp this store's claims with it from now on."""
+
+    @abc.abstractmethod
+    async def heartbeat(self, instance_id: str, now: float, ttl: float) -> bool:
+        """Extend the instance's life to ``now + ttl``. False when it is not registered (it was
+        declared dead and recovered): its claims and leases are gone, so it must stop what it
+        holds and register again."""
+
+    @abc.abstractmethod
+    async def live_instances(self, now: float) -> list[str]:
+        """Ids of the instances alive at ``now``, sorted (for status)."""
+
+    @abc.abstractmethod
+    async def recover_dead_instances(self, now: float) -> int:
+        """Forget the instances dead at ``now`` (alive-until ``<= now``); in the same commit make
+        their in-flight deliveries pending (due at once, attempts unchanged) and drop their
+        account leases. Returns how many deliveries came back. Safe to run on several instances
+        at once: each dead instance is recovered exactly once."""
+
+    # -- several instances: one poller per account --------------------------------------------
+
+    @abc.abstractmethod
+    async def acquire_account_lease(self, account: str, owner: str, ttl: float, now: float) -> bool:
+        """Try to become (or stay) the one poller of ``account`` until ``now + ttl``.
+
+        True when ``owner`` holds the lease afterwards: there was none, ``owner`` already held
+        it (this renews it), or the previous holder's expired (``expires <= now``; taken over).
+        False while another owner's lease is live. Atomic across instances.
+        """
+
+    @abc.abstractmethod
+    async def renew_account_lease(self, account: str, owner: str, ttl: float, now: float) -> bool:
+        """Extend ``owner``'s lease to ``now + ttl``. False when ``owner`` no longer holds it
+        (released, recovered, or taken over after it expired): the caller must stop polling
+        the account before its next request."""
+
+    @abc.abstractmethod
+    async def release_account_lease(self, account: str, owner: str) -> None:
+        """Give the lease up (shutdown) so another instance takes over at once; a no-op when
+        ``owner`` does not hold it."""
+
+    @abc.abstractmethod
+    async def account_lease_holders(self, now: float) -> dict[str, str]:
+        """Account -> owner of every lease live at ``now`` (for status)."""
+
+    # -- several instances: fenced claims -----------------------------------------------------
+    #
+    # Every claim carries a fencing token (:attr:`Delivery.token`). A :class:`Finished` with
+    # ``token`` set, and the two methods below, act only while that same claim still stands:
+    # once a lease expires and another claim takes the delivery (or recovery resets it), the
+    # old holder's late result or release changes nothing but the attempt log.
+
+    @abc.abstractmethod
+    async def renew_claims(self, claims: Sequence[Delivery], now: float, lease: float) -> list[int]:
+        """Extend the lease of each claim still held to ``now + lease`` (while an attempt runs
+        longer than the lease it was claimed with). Returns the ids renewed, sorted; a claim
+        missing from the answer was lost, and its result will not be applied."""
+
+    @abc.abstractmethod
+    async def release_claims(self, claims: Sequence[Delivery]) -> None:
+        """:meth:`release`, fenced: hand back only the claims still held."""
+
+    # -- several instances: shared API budgets ------------------------------------------------
+
+    @abc.abstractmethod
+    async def spend_budget(
+        self, key_id: str, now: float, requests: int, per: float, burst: int | None = None
+    ) -> float:
+        """Try to spend one upstream request of key ``key_id`` at ``now``, atomically across
+        every instance on this store.
+
+        Returns 0.0 when the request may be sent (it is charged), else the seconds to wait
+        before asking again (nothing charged). The budget is the leaky bucket of
+        :func:`relay.core.budget.bucket_params` (``burst`` defaults to
+        :func:`~relay.core.budget.default_burst`), so no window of ``per`` seconds ever admits
+        more than ``requests``, whichever instances spend. A pause (:meth:`pause_budget`) in
+        force makes it answer the rest of the pause. ``key_id`` names the key without being it
+        (never pass the API key itself). Instances' clocks must agree (NTP); time never runs
+        backwards in the bucket.
+        """
+
+    @abc.abstractmethod
+    async def pause_budget(self, key_id: str, until: float) -> None:
+        """Refuse every spend on ``key_id`` until ``until`` (after a 429); a pause only ever
+        extends."""
+
+    # -- several instances: wake-ups ----------------------------------------------------------
+
+    @abc.abstractmethod
+    async def listen(self, callback: Wakeup) -> None:
+        """Deliver wake-ups from every instance to ``callback(kind, subject)`` until cancelled.
+
+        Kinds: ``due`` (subject: a subscriber that has new due deliveries: ingest, replay,
+        release, recovery), ``subscriber`` (a subscriber was disabled or re-enabled), whatever
+        :meth:`notify` sends, and ``listening`` (subject empty) each time listening (re)starts:
+        wake-ups sent while not listening are lost, so on ``listening`` look at everything
+        again. The callback must not block; an exception from it is logged and ignored. A
+        lost connection is retried with back-off, never raised. Meant to be run as one
+        supervised task. Single-owner backends report ``listening`` once and then just wait.
+        """
+
+    @abc.abstractmethod
+    async def notify(self, kind: str, subject: str) -> None:
+        """Send a wake-up to every listening instance (config changes, operator actions); a
+        no-op on single-owner backends. ``kind`` must not contain ``:``."""

@@ -16,7 +16,7 @@ from typing import Any
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from relay.core.budget import bucket_params, default_burst
+from relay.core.budget import bucket_params, bucket_spend, default_burst
 from relay.core.models import Delivery
 from relay.store.postgres import sql as q
 from relay.store.postgres.connect import DRIVER_ERRORS, Conn, Target, store_error
@@ -85,9 +85,7 @@ class SharedStateMixin:
 
     # -- account leases -----------------------------------------------------------------------
 
-    async def acquire_account_lease(
-        self, account: str, owner: str, ttl: float, now: float
-    ) -> bool:
+    async def acquire_account_lease(self, account: str, owner: str, ttl: float, now: float) -> bool:
         async with self._conn("acquire account lease") as conn:
             epoch = await conn.fetchval(q.ACQUIRE_LEASE, account, owner, now, ttl)
         return epoch is not None
@@ -107,9 +105,7 @@ class SharedStateMixin:
 
     # -- fenced claims ------------------------------------------------------------------------
 
-    async def renew_claims(
-        self, claims: Sequence[Delivery], now: float, lease: float
-    ) -> list[int]:
+    async def renew_claims(self, claims: Sequence[Delivery], now: float, lease: float) -> list[int]:
         if not claims:
             return []
         ids, tokens = [c.id for c in claims], [c.token for c in claims]
@@ -143,9 +139,8 @@ class SharedStateMixin:
         level, at, paused_until = float(row[0]), float(row[1]), row[2]
         if paused_until is not None and paused_until > now:
             return float(paused_until) - now
-        drained = max(0.0, level - rate * max(0.0, now - at))
         # Read after the refusal, without the lock: a hint only. Never 0, or the caller spins.
-        return max((drained + 1 - capacity) / rate, 1e-3)
+        return max(bucket_spend(level, at, now, capacity, rate)[2], 1e-3)
 
     async def pause_budget(self, key_id: str, until: float) -> None:
         async with self._conn("pause budget") as conn:

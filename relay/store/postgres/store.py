@@ -58,6 +58,8 @@ class PostgresStore(SharedStateMixin, Store):
     random one, so two processes never share an id by accident.
     """
 
+    shared = True
+
     def __init__(
         self,
         url: str,
@@ -261,9 +263,7 @@ class PostgresStore(SharedStateMixin, Store):
         if ids is not None and not ids:
             return 0
         async with self._tx("replay") as conn:
-            rows = await conn.fetch(
-                q.REPLAY, now, subscriber, None if ids is None else list(ids)
-            )
+            rows = await conn.fetch(q.REPLAY, now, subscriber, None if ids is None else list(ids))
             await notify_due(conn, {row[0] for row in rows})
         return len(rows)
 
@@ -289,14 +289,16 @@ class PostgresStore(SharedStateMixin, Store):
                 await conn.execute("SELECT pg_advisory_unlock($1, $2)", *q.MAINTENANCE_LOCK)
 
     async def stats(self) -> StoreStats:
-        async with self._conn("stats") as conn:
-            # One snapshot for every count, as on SQLite.
-            async with conn.transaction(isolation="repeatable_read", readonly=True):
-                cursors = await conn.fetch(q.ACCOUNT_CURSORS)
-                statuses = await conn.fetch(q.ACCOUNT_STATUSES)
-                counts = await conn.fetch(q.STATE_COUNTS)
-                states = await conn.fetch(q.SUBSCRIBER_STATES)
-                totals = await conn.fetchrow(q.COUNTS)
+        # One snapshot for every count, as on SQLite.
+        async with (
+            self._conn("stats") as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            cursors = await conn.fetch(q.ACCOUNT_CURSORS)
+            statuses = await conn.fetch(q.ACCOUNT_STATUSES)
+            counts = await conn.fetch(q.STATE_COUNTS)
+            states = await conn.fetch(q.SUBSCRIBER_STATES)
+            totals = await conn.fetchrow(q.COUNTS)
         result = StoreStats()
         if totals is not None:
             result.quarantined, result.seen = totals
@@ -349,4 +351,3 @@ def _rowcount(status: str) -> int:
     """The row count of a command tag such as ``DELETE 42``."""
     tail = status.rsplit(" ", 1)[-1]
     return int(tail) if tail.isdigit() else 0
-

@@ -502,6 +502,20 @@ def release(conn: sqlite3.Connection, ids: Sequence[int]) -> None:
             )
 
 
+def renew_claims(conn: sqlite3.Connection, ids: Sequence[int], until: float) -> list[int]:
+    """Extend the leases of those of ``ids`` still in flight to ``until``; returns them."""
+    renewed: list[int] = []
+    with _transaction(conn):
+        for chunk in _chunks(list(ids)):
+            marks = _marks(len(chunk))
+            where = f"WHERE state = 'inflight' AND id IN ({marks})"
+            renewed.extend(
+                row[0] for row in conn.execute(f"SELECT id FROM deliveries {where}", chunk)
+            )
+            conn.execute(f"UPDATE deliveries SET lease_until = ? {where}", (until, *chunk))
+    return sorted(renewed)
+
+
 def next_due(conn: sqlite3.Connection, subscriber: str) -> float | None:
     # A disabled subscriber has nothing due until it is re-enabled (which wakes it anyway);
     # answering "now" would make its claim loop spin.

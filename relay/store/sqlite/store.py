@@ -39,6 +39,7 @@ from relay.core.models import (
 from relay.core.status import StoreStats
 from relay.store.base import Store
 from relay.store.sqlite import sql as q
+from relay.store.sqlite.single import SingleOwnerMixin
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
-class SqliteStore(Store):
+class SqliteStore(SingleOwnerMixin, Store):
     """:class:`Store` on one SQLite file. See the module docstring for the guarantees."""
 
     def __init__(self, path: str, *, synchronous: str = "NORMAL") -> None:
@@ -227,6 +228,17 @@ class SqliteStore(Store):
 
     async def stats(self) -> StoreStats:
         return await self._run("stats", q.stats)
+
+    # -- claims held past their lease (the rest of the multi-instance part: single.py) ---------
+
+    async def renew_claims(self, claims: Sequence[Delivery], now: float, lease: float) -> list[int]:
+        # No fencing here: this process is the only one that can hold a claim.
+        if not claims:
+            return []
+        return await self._run("renew claims", q.renew_claims, [c.id for c in claims], now + lease)
+
+    async def release_claims(self, claims: Sequence[Delivery]) -> None:
+        await self.release([c.id for c in claims])
 
 
 def integrity_check(path: str) -> str:
