@@ -7,6 +7,7 @@ from __future__ import annotations
 # how long a request takes to reach the upstream (1% of a 15-minute window is 9 s).
 SAFETY = 0.01
 MAX_PAUSE = 3600.0  # a Retry-After longer than this is not believed; we look again after it
+MIN_WAIT = 0.001  # the shortest wait bucket_spend answers
 
 
 def default_burst(requests: int) -> int:
@@ -55,11 +56,13 @@ def bucket_spend(
     The bucket drains at ``rate`` per second and holds at most ``capacity`` (see
     :func:`bucket_params`). Returns ``(level, at, wait)`` afterwards: ``wait`` is 0 when the
     request is admitted (the level is one higher), else the seconds until one would fit
-    (nothing charged). Time never runs backwards: a ``now`` before ``at`` drains nothing, so
-    a caller whose clock lags cannot empty a bucket that another filled.
+    (nothing charged; never under :data:`MIN_WAIT`). Time never runs backwards: a ``now``
+    before ``at`` drains nothing, so a caller whose clock lags cannot empty a bucket that
+    another filled.
     """
     t = max(at, now)
     drained = max(0.0, level - rate * (t - at))
     if drained + 1 <= capacity:
         return drained + 1, t, 0.0
-    return drained, t, (drained + 1 - capacity) / rate
+    # At least a millisecond: a float-rounding sliver of a wait would not move the clock.
+    return drained, t, max((drained + 1 - capacity) / rate, MIN_WAIT)

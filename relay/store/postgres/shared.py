@@ -16,7 +16,7 @@ from typing import Any
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from relay.core.budget import bucket_params, bucket_spend, default_burst
+from relay.core.budget import MIN_WAIT, bucket_params, bucket_spend, default_burst
 from relay.core.models import Delivery
 from relay.store.postgres import sql as q
 from relay.store.postgres.connect import DRIVER_ERRORS, Conn, Target, store_error
@@ -139,8 +139,9 @@ class SharedStateMixin:
         level, at, paused_until = float(row[0]), float(row[1]), row[2]
         if paused_until is not None and paused_until > now:
             return float(paused_until) - now
-        # Read after the refusal, without the lock: a hint only. Never 0, or the caller spins.
-        return max(bucket_spend(level, at, now, capacity, rate)[2], 1e-3)
+        # Read after the refusal, without the lock: a hint only, and never 0 (MIN_WAIT at least),
+        # so a caller that waits it makes progress.
+        return max(bucket_spend(level, at, now, capacity, rate)[2], MIN_WAIT)
 
     async def pause_budget(self, key_id: str, until: float) -> None:
         async with self._conn("pause budget") as conn:

@@ -94,7 +94,8 @@ WITH pending AS (
     ORDER BY next_at, id LIMIT $3
 ), leased AS (
     UPDATE deliveries AS d
-    SET state = 'inflight', lease_until = $2 + $4, owner = $5, token = nextval('claim_tokens')
+    SET state = 'inflight', lease_until = $2::float8 + $4::float8, owner = $5,
+        token = nextval('claim_tokens')
     FROM picked WHERE d.id = picked.id
     RETURNING d.id, d.attempts, d.record_id, d.next_at, d.token
 )
@@ -222,11 +223,15 @@ COUNTS = "SELECT (SELECT count(*) FROM quarantine), (SELECT count(*) FROM seen)"
 # -- several instances ----------------------------------------------------------------------------
 
 REGISTER_INSTANCE = """
-INSERT INTO instances (id, started_at, heartbeat_at, expires_at) VALUES ($1, $2, $2, $2 + $3)
+INSERT INTO instances (id, started_at, heartbeat_at, expires_at)
+VALUES ($1, $2::float8, $2::float8, $2::float8 + $3::float8)
 ON CONFLICT (id) DO UPDATE
 SET heartbeat_at = excluded.heartbeat_at, expires_at = excluded.expires_at
 """
-HEARTBEAT = "UPDATE instances SET heartbeat_at = $2, expires_at = $2 + $3 WHERE id = $1"
+HEARTBEAT = """
+UPDATE instances SET heartbeat_at = $2::float8, expires_at = $2::float8 + $3::float8
+WHERE id = $1
+"""
 LIVE_INSTANCES = "SELECT id FROM instances WHERE expires_at > $1 ORDER BY id"
 # Dead instances are locked one by one (SKIP LOCKED), so two instances recovering at once split
 # the work instead of waiting on each other; their claims and leases go in the same commit.
@@ -245,15 +250,16 @@ DROP_LEASES_OF = "DELETE FROM account_leases WHERE owner = ANY($1::text[])"
 # Held while now < expires_at. The same owner renews; anyone takes over an expired lease, and a
 # change of owner bumps the epoch (a fencing number for whoever wants one).
 ACQUIRE_LEASE = """
-INSERT INTO account_leases AS l (account, owner, expires_at, epoch) VALUES ($1, $2, $3 + $4, 1)
+INSERT INTO account_leases AS l (account, owner, expires_at, epoch)
+VALUES ($1, $2, $3::float8 + $4::float8, 1)
 ON CONFLICT (account) DO UPDATE
 SET owner = excluded.owner, expires_at = excluded.expires_at,
     epoch = l.epoch + CASE WHEN l.owner = excluded.owner THEN 0 ELSE 1 END
-WHERE l.owner = excluded.owner OR l.expires_at <= $3
+WHERE l.owner = excluded.owner OR l.expires_at <= $3::float8
 RETURNING epoch
 """
 RENEW_LEASE = """
-UPDATE account_leases SET expires_at = $3 + $4 WHERE account = $1 AND owner = $2
+UPDATE account_leases SET expires_at = $3::float8 + $4::float8 WHERE account = $1 AND owner = $2
 RETURNING epoch
 """
 RELEASE_LEASE = "DELETE FROM account_leases WHERE account = $1 AND owner = $2"
@@ -264,16 +270,18 @@ LEASE_HOLDERS = "SELECT account, owner FROM account_leases WHERE expires_at > $1
 # bounds every sliding window). Time never runs backwards in the bucket: a caller whose clock
 # is behind sees no drain rather than a negative one.
 SPEND_BUDGET = """
-INSERT INTO budget_buckets AS b (key_id, level, at) VALUES ($1, 1, $2)
+INSERT INTO budget_buckets AS b (key_id, level, at) VALUES ($1, 1, $2::float8)
 ON CONFLICT (key_id) DO UPDATE
-SET level = GREATEST(0, b.level - $3 * GREATEST(0, $2 - b.at)) + 1, at = GREATEST(b.at, $2)
-WHERE (b.paused_until IS NULL OR b.paused_until <= $2)
-  AND GREATEST(0, b.level - $3 * GREATEST(0, $2 - b.at)) + 1 <= $4
+SET level = GREATEST(0, b.level - $3::float8 * GREATEST(0, $2::float8 - b.at)) + 1,
+    at = GREATEST(b.at, $2::float8)
+WHERE (b.paused_until IS NULL OR b.paused_until <= $2::float8)
+  AND GREATEST(0, b.level - $3::float8 * GREATEST(0, $2::float8 - b.at)) + 1 <= $4::float8
 RETURNING 1
 """
 BUDGET_STATE = "SELECT level, at, paused_until FROM budget_buckets WHERE key_id = $1"
 PAUSE_BUDGET = """
-INSERT INTO budget_buckets AS b (key_id, level, at, paused_until) VALUES ($1, 0, $2, $2)
+INSERT INTO budget_buckets AS b (key_id, level, at, paused_until)
+VALUES ($1, 0, $2::float8, $2::float8)
 ON CONFLICT (key_id) DO UPDATE
 SET paused_until = GREATEST(COALESCE(b.paused_until, excluded.paused_until),
                             excluded.paused_until)
