@@ -19,7 +19,14 @@ from typing import Any, TypeVar
 import pytest
 from aiolimiter import AsyncLimiter
 
-from relay.core.budget import MAX_PAUSE, SAFETY, bucket_params, default_burst
+from relay.core.budget import (
+    MAX_PAUSE,
+    MIN_WAIT,
+    SAFETY,
+    bucket_params,
+    bucket_spend,
+    default_burst,
+)
 from relay.ingest.budget import KeyBudget
 
 T = TypeVar("T")
@@ -298,3 +305,22 @@ def test_cancelled_waiters_leave_nothing_behind() -> None:
         assert loop.time() == pytest.approx(admitted_at + 5.05, abs=1e-3)
 
     run_virtual(main)
+
+
+@pytest.mark.parametrize(
+    ("level", "at", "now", "expected"),
+    [
+        (0.0, 0.0, 0.0, (1.0, 0.0, 0.0)),  # empty: admitted
+        (2.0, 0.0, 0.0, (3.0, 0.0, 0.0)),  # fills up to capacity exactly
+        (3.0, 0.0, 0.0, (3.0, 0.0, 2.0)),  # full: wait for one unit to drain at 0.5/s
+        (3.0, 0.0, 1.0, (2.5, 1.0, 1.0)),  # half a unit drained: half the wait left
+        (3.0, 0.0, 2.0, (3.0, 2.0, 0.0)),  # one unit drained: admitted
+        (3.0, 10.0, 5.0, (3.0, 10.0, 2.0)),  # a clock behind drains nothing
+        (1.0, 0.0, 1e9, (1.0, 1e9, 0.0)),  # long idle: never below empty
+        (3.0, 0.0, 2.0 - 1e-12, (2.0, 2.0 - 1e-12, MIN_WAIT)),  # a sliver still moves the clock
+    ],
+)
+def test_bucket_spend(
+    level: float, at: float, now: float, expected: tuple[float, float, float]
+) -> None:
+    assert bucket_spend(level, at, now, capacity=3.0, rate=0.5) == pytest.approx(expected)
