@@ -72,6 +72,8 @@ NOTIFY = "SELECT pg_notify($1, payload) FROM unnest($2::text[]) AS p(payload)"
 
 # -- delivery -------------------------------------------------------------------------------------
 
+CLAIM_ASYNC_COMMIT = "SET LOCAL synchronous_commit = off"
+
 # Due pending rows in queue order plus inflight rows whose lease ran out, each half walking its
 # own partial index; SKIP LOCKED lets another instance claim the rows this one is taking right
 # now without waiting and without ever getting the same row. The winners are stamped with this

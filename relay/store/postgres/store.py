@@ -190,7 +190,11 @@ class PostgresStore(SharedStateMixin, Store):
     async def claim(self, subscriber: str, limit: int, now: float, lease: float) -> list[Delivery]:
         if limit <= 0:
             return []
-        async with self._conn("claim") as conn:
+        async with self._tx("claim") as conn:
+            # A claim need not wait for its WAL flush: if the server crashes before the flush,
+            # the claim is simply lost and the delivery is claimed again (a duplicate with the
+            # same webhook-id, which at-least-once allows). Results and ingests stay durable.
+            await conn.execute(q.CLAIM_ASYNC_COMMIT)
             rows = await conn.fetch(q.CLAIM, subscriber, now, limit, lease, self.instance_id)
         return [
             Delivery(
