@@ -29,6 +29,9 @@ Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyn
 DRIVER_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
+    # A pooled connection whose server process was terminated while idle can fail its next
+    # statement with this rather than a connection error: still the server's doing, not ours.
+    asyncpg.exceptions.InternalClientError,
     OSError,  # includes ConnectionError and TimeoutError
 )
 _SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,62}")
