@@ -318,8 +318,8 @@ async def test_aiohttp_server_receives_body_headers_host_and_length(
         ("Content-Length", str(len(body))),
     ]
     assert (answer.status, answer.body, answer.error) == (201, b"created", None)
-    assert answer.headers["x-reply"] == "1"
-    assert answer.headers["content-length"] == "7"
+    # Only the headers the relay reads are kept.
+    assert answer.headers == {"content-length": "7"}
 
 
 @pytest.mark.parametrize(
@@ -582,7 +582,7 @@ HUNDRED = bytes(range(100))
         pytest.param(
             b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Id: a\r\n\r\nhello",
             serve_ok,
-            Response(200, {"content-length": "5", "x-id": "a"}, b"hello"),
+            Response(200, {"content-length": "5"}, b"hello"),
             True,
             id="content-length",
         ),
@@ -597,7 +597,7 @@ HUNDRED = bytes(range(100))
         pytest.param(
             b"HTTP/1.1 200 OK\r\nX-A: 1\r\n\r\nuntil the end",
             close,
-            Response(200, {"x-a": "1"}, b"until the end"),
+            Response(200, {}, b"until the end"),
             False,
             id="delimited-by-close",
         ),
@@ -612,15 +612,15 @@ HUNDRED = bytes(range(100))
         pytest.param(
             b"HTTP/1.1 204 No Content\r\nX-A: 1\r\n\r\n",
             serve_ok,
-            Response(204, {"x-a": "1"}, b""),
+            Response(204, {}, b""),
             True,
             id="204",
         ),
         pytest.param(
-            b"HTTP/1.1 429 Too Many\r\nX-Many: a\r\nx-many: b\r\nX-MANY: c\r\n"
-            b"Retry-After: 3\r\nContent-Length: 0\r\n\r\n",
+            b"HTTP/1.1 429 Too Many\r\nLocation: a\r\nlocation: b\r\nX-Many: c\r\n"
+            b"LOCATION: c\r\nRetry-After: 3\r\nContent-Length: 0\r\n\r\n",
             serve_ok,
-            Response(429, {"x-many": "a, b, c", "retry-after": "3", "content-length": "0"}, b""),
+            Response(429, {"location": "a, b, c", "retry-after": "3", "content-length": "0"}, b""),
             True,
             id="repeated-headers-lower-cased",
         ),
@@ -734,7 +734,7 @@ async def test_switching_protocols_is_returned_and_the_connection_retired(
         assert await post(endpoint) == ok_conn(1)
     assert (got.status, got.headers, got.body) == (
         101,
-        {"upgrade": "websocket", "connection": "Upgrade"},
+        {"connection": "Upgrade"},
         b"",
     )
 
@@ -813,7 +813,7 @@ async def test_status_without_the_end_of_its_body_is_returned_with_timeout_error
         endpoint = client.endpoint(server.url, {})
         got = await post(endpoint, time_limit=SHORT)
         await server.wait_for(lambda: server.peers[0].hung_up)
-    assert got == Response(200, {"content-length": "10", "x-a": "1"}, b"abc", "timeout after 0.2s")
+    assert got == Response(200, {"content-length": "10"}, b"abc", "timeout after 0.2s")
 
 
 async def test_a_finished_post_leaves_no_deadline_behind(client: Http1Client) -> None:
