@@ -84,7 +84,12 @@ class Store(abc.ABC):
 
         Each claim is stamped with this store's instance and a fresh :attr:`Delivery.token`;
         on a shared store, concurrent claims from several instances never return the same
-        delivery (rows being claimed elsewhere are skipped, not waited for)."""
+        delivery (rows being claimed elsewhere are skipped, not waited for).
+
+        Deliveries of one record share one ``body`` object, across claims and subscribers,
+        while it is recent (:class:`relay.store.bodies.BodyCache`): the memory a large record
+        takes must not grow with the number of subscribers it goes to. Callers never mutate
+        or concatenate a body."""
 
     @abc.abstractmethod
     async def finish(self, results: Sequence[Finished]) -> None:

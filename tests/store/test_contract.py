@@ -293,6 +293,30 @@ async def test_prune_seen_needs_both_old_timestamp_and_old_sighting(store: Store
     assert again.new_rids == [1, 2]
 
 
+async def test_claims_of_one_record_share_one_body_object(store: Store) -> None:
+    """A large record to many subscribers exists once in memory, not once per claim."""
+    body = b'{"data":"%s"}' % (b"x" * 1_000_000)
+    await store.ingest(IngestBatch("acct", [rec(1, body=body)], ["a", "b", "c"], T0, None))
+    claimed = [d for sub in "abc" for d in await store.claim(sub, 10, T0, LEASE)]
+    assert [d.body for d in claimed] == [body] * 3
+    assert claimed[0].body is claimed[1].body is claimed[2].body
+    # A retry claims the same record again: still the one object.
+    await store.finish([result(claimed[0].id, Outcome.RETRY, next_at=T0)])
+    [again] = await store.claim("a", 10, T0 + 1, LEASE)
+    assert again.body is claimed[1].body
+
+
+async def test_a_record_stored_after_a_pruned_one_gets_its_own_body(store: Store) -> None:
+    """Shared bodies are keyed by what was stored, not only a row id a backend may reuse."""
+    await store.ingest(IngestBatch("acct", [rec(1, body=b"old")], ["a"], 100.0, None))
+    [first] = await store.claim("a", 10, T0, LEASE)
+    await store.finish([result(first.id, Outcome.DELIVERED)])
+    assert await store.prune_delivered(500.0) == 1
+    await store.ingest(IngestBatch("acct", [rec(2, body=b"new")], ["a"], 600.0, None))
+    [second] = await store.claim("a", 10, T0, LEASE)
+    assert (second.rid, second.body) == (2, b"new")
+
+
 async def test_prune_delivered_keeps_anything_unfinished(store: Store) -> None:
     await store.ingest(batch([1, 2, 3, 4], ("a", "b"), at=100.0))
     await store.ingest(batch([5], ("a", "b"), at=900.0))

@@ -101,7 +101,7 @@ WITH pending AS (
     FROM picked WHERE d.id = picked.id
     RETURNING d.id, d.attempts, d.record_id, d.next_at, d.token
 )
-SELECT l.id, l.attempts, l.token, r.account, r.rid, r.body
+SELECT l.id, l.attempts, l.token, r.account, r.rid, r.body, r.id
 FROM leased AS l JOIN records AS r ON r.id = l.record_id
 ORDER BY l.next_at, l.id
 """

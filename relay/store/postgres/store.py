@@ -36,6 +36,7 @@ from relay.core.models import (
 )
 from relay.core.status import AccountState, QueueCounts, StoreStats
 from relay.store.base import Store
+from relay.store.bodies import BodyCache
 from relay.store.postgres import migrations
 from relay.store.postgres import sql as q
 from relay.store.postgres.connect import DRIVER_ERRORS, Target, parse_target, store_error
@@ -75,6 +76,8 @@ class PostgresStore(SharedStateMixin, Store):
         self._max = max_connections
         self._command_timeout = command_timeout
         self._pool: asyncpg.Pool[asyncpg.Record] | None = None
+        # One body object per record for every claim of it (used on the event loop only).
+        self._bodies = BodyCache()
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -99,6 +102,7 @@ class PostgresStore(SharedStateMixin, Store):
 
     async def close(self) -> None:
         pool, self._pool = self._pool, None
+        self._bodies.clear()
         if pool is not None:
             try:
                 await pool.close()
@@ -202,12 +206,22 @@ class PostgresStore(SharedStateMixin, Store):
                 subscriber=subscriber,
                 account=row[3],
                 rid=row[4],
-                body=row[5],
+                body=self._shared_body(row[6], row[4], row[5]),
                 attempts=row[1],
                 token=row[2],
             )
             for row in rows
         ]
+
+    def _shared_body(self, record_id: int, rid: int, body: bytes) -> bytes:
+        """The body a recent claim already holds for this record, else ``body`` (kept).
+
+        The claim still fetches the bytes (one transient copy, dropped here); what must not
+        happen is every subscriber's delivery keeping its own. Record ids come from a sequence
+        and are never reused, so id and rid name the body exactly."""
+        key = (record_id, rid)
+        shared = self._bodies.get(key)
+        return shared if shared is not None else self._bodies.put(key, body)
 
     async def finish(self, results: Sequence[Finished]) -> None:
         if not results:

@@ -28,6 +28,7 @@ from relay.core.models import (
     Outcome,
 )
 from relay.core.status import AccountState, QueueCounts, StoreStats
+from relay.store.bodies import BodyCache
 
 log = logging.getLogger(__name__)
 
@@ -311,9 +312,10 @@ def _enqueue(conn: sqlite3.Connection, batch: IngestBatch, new: list[CallRecord]
 # Due pending rows in queue order, plus inflight rows whose lease ran out (their holder died or
 # hung), merged oldest first. Each half walks its own partial index and stops at :limit. One row
 # comes back: the claimed deliveries as JSON, each with its rank in queue order (a window
-# function: SQLite 3.25 or later).
+# function: SQLite 3.25 or later), and what names its record's body (id, rid, received_at).
 SQL_CLAIM = """
-SELECT json_group_array(json_array(due.rank, d.id, d.attempts, r.account, r.rid, r.id))
+SELECT json_group_array(
+    json_array(due.rank, d.id, d.attempts, r.account, r.rid, r.id, r.received_at))
 FROM (
     SELECT id, row_number() OVER (ORDER BY next_at, id) AS rank FROM (
         SELECT id, next_at FROM (
@@ -392,8 +394,15 @@ def _disabled_reason(conn: sqlite3.Connection, subscriber: str) -> str | None:
 
 
 def claim(
-    conn: sqlite3.Connection, subscriber: str, limit: int, now: float, lease: float
+    conn: sqlite3.Connection,
+    subscriber: str,
+    limit: int,
+    now: float,
+    lease: float,
+    cache: BodyCache,
 ) -> list[Delivery]:
+    """Lease up to ``limit`` due deliveries. Bodies come from ``cache`` when a recent claim (of
+    any subscriber) read them, so one record's body exists once however many claim it."""
     if limit <= 0:
         return []
     with _transaction(conn):
@@ -405,12 +414,29 @@ def claim(
             return []
         ids = orjson.dumps([row[1] for row in rows]).decode()
         conn.execute(SQL_LEASE, (now + lease, ids))
-        bodies = _bodies(conn, list({row[5] for row in rows}))
+        # Ids alone could name a different body: SQLite reuses the id of a deleted record.
+        keys = {row[5]: (row[5], row[4], row[6]) for row in rows}
+        bodies: dict[int, bytes] = {}
+        missing: list[int] = []
+        for rec, key in keys.items():
+            body = cache.get(key)
+            if body is None:
+                missing.append(rec)
+            else:
+                bodies[rec] = body
+        if missing:
+            for rec, body in _bodies(conn, missing).items():
+                bodies[rec] = cache.put(keys[rec], body)
     return [
         Delivery(
-            id=i, subscriber=subscriber, account=account, rid=rid, body=bodies[rec], attempts=n
+            id=i,
+            subscriber=subscriber,
+            account=account,
+            rid=rid,
+            body=bodies[rec],
+            attempts=n,
         )
-        for _, i, n, account, rid, rec in rows
+        for _, i, n, account, rid, rec, _ in rows
     ]
 
 

@@ -38,6 +38,7 @@ from relay.core.models import (
 )
 from relay.core.status import StoreStats
 from relay.store.base import Store
+from relay.store.bodies import BodyCache
 from relay.store.sqlite import sql as q
 from relay.store.sqlite.single import SingleOwnerMixin
 
@@ -58,6 +59,8 @@ class SqliteStore(SingleOwnerMixin, Store):
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
+        # Used on the store thread only (by claim): one body object per record, shared.
+        self._bodies = BodyCache()
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -115,6 +118,7 @@ class SqliteStore(SingleOwnerMixin, Store):
             log.warning("%d deliveries left in flight by a previous run are due again", recovered)
 
     def _close_sync(self) -> None:
+        self._bodies.clear()
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()
@@ -179,7 +183,7 @@ class SqliteStore(SingleOwnerMixin, Store):
     # -- delivery -----------------------------------------------------------------------------
 
     async def claim(self, subscriber: str, limit: int, now: float, lease: float) -> list[Delivery]:
-        return await self._run("claim", q.claim, subscriber, limit, now, lease)
+        return await self._run("claim", q.claim, subscriber, limit, now, lease, self._bodies)
 
     async def finish(self, results: Sequence[Finished]) -> None:
         if results:
