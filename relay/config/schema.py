@@ -196,6 +196,9 @@ class UpstreamSettings(_Section):
     rate_limit: RateLimitSettings = Field(default_factory=RateLimitSettings)
     timeout: PositiveDuration = 30.0
     max_response_bytes: int = Field(default=128 * 1024 * 1024, ge=1024)
+    # A webhook body above this is quarantined, not delivered. The ceiling keeps one body within
+    # what the store's shared body cache holds (relay.store.bodies.MAX_BYTES).
+    max_record_bytes: int = Field(default=1024 * 1024, ge=1024, le=32 * 1024 * 1024)
     max_clock_skew: PositiveDuration = 3600.0
     accounts: list[AccountSettings] = Field(min_length=1)
 

@@ -70,6 +70,9 @@ QUARANTINE_MEMORY = 10_000
 # per batch: only a slice ever exists as objects, and larger transactions are faster in total.
 SLICE_RECORDS = 1_000
 BATCH_RECORDS = 10_000
+# Of a record over upstream.max_record_bytes, this much is kept in quarantine: enough to see
+# what it is, without storing the megabytes that made it a problem.
+OVERSIZE_KEPT = 64 * 1024
 
 
 @dataclass(slots=True)
@@ -327,10 +330,15 @@ class AccountPoller:
         newest = max((v.call_ts for v in valid if v.call_ts <= poll.skew_limit), default=None)
         if newest is not None and (poll.newest is None or newest > poll.newest):
             poll.newest = newest
-        batch.records.extend(
-            CallRecord(v.rid, v.call_ts, build_body(self.name, poll.received_at, v.record))
-            for v in valid
-        )
+        limit = self._settings.upstream.max_record_bytes
+        for v in valid:
+            body = build_body(self.name, poll.received_at, v.record)
+            if len(body) > limit:
+                # Every delivery of it would hold it in memory, and every receiver would get
+                # it: kept aside instead (its call_timestamp still moves the cursor past it).
+                batch.fresh_invalid.extend(self._oversized(v.record, body, limit))
+            else:
+                batch.records.append(CallRecord(v.rid, v.call_ts, body))
         batch.fresh_invalid.extend(self._not_yet_quarantined(invalid))
 
     async def _commit(self, poll: _Poll, batch: _Batch, cursor: str | None) -> None:
@@ -369,6 +377,20 @@ class AccountPoller:
             if key not in self._quarantined:
                 fresh.append((raw, reason, data, key))
         return fresh
+
+    def _oversized(
+        self, record: Any, body: bytes, limit: int
+    ) -> list[tuple[Any, str, bytes, bytes]]:
+        """A record too large to deliver, as a reject (unless kept aside before in this run);
+        its first :data:`OVERSIZE_KEPT` bytes are what quarantine keeps."""
+        key = hashlib.blake2b(body, digest_size=16).digest()
+        if key in self._quarantined:
+            return []
+        reason = (
+            f"record is {len(body)} bytes as a webhook body, over upstream.max_record_bytes "
+            f"({limit}); its first {OVERSIZE_KEPT} bytes are kept"
+        )
+        return [(record, reason, _raw(record)[:OVERSIZE_KEPT], key)]
 
     def _remember_quarantined(self, fresh: list[tuple[Any, str, bytes, bytes]]) -> None:
         """Log each newly kept-aside record once, and remember it (bounded) so it stays quiet."""
