@@ -242,6 +242,24 @@ async def test_sequential_posts_share_one_connection(client: Http1Client) -> Non
     assert rx.connections() == 1
 
 
+async def test_large_bodies_arrive_whole_in_slices_and_keep_the_connection(
+    client: Http1Client,
+) -> None:
+    """Above WRITE_SLICE the body is written after the head a slice at a time (never joined
+    with it): what arrives is the same request, byte for byte."""
+    # Under aiohttp's 1 MiB request limit, over three slices and not a whole number of them.
+    bodies = [bytes(range(256)) * (3 * http1.WRITE_SLICE // 256) + b"end", b"small", b"x" * 3]
+    async with Recorder() as rx:
+        endpoint = client.endpoint(rx.url, {})
+        concurrent = await asyncio.gather(*(post(endpoint, bodies[0]) for _ in range(3)))
+        for body in bodies:
+            assert (await post(endpoint, body)).body == b"ok"
+    assert [a.body for a in concurrent] == [b"ok"] * 3
+    assert [s.body for s in rx.seen] == [bodies[0]] * 3 + bodies
+    assert all(("Content-Length", str(len(s.body))) in s.headers for s in rx.seen)
+    assert rx.connections() == 3
+
+
 async def test_concurrent_posts_use_one_connection_each_then_reuse_them(
     client: Http1Client,
 ) -> None:
