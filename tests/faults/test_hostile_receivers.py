@@ -19,6 +19,7 @@ import pytest
 
 from relay.core.status import QueueCounts
 from relay.delivery.http1 import MAX_HEAD_BYTES, BadResponse, Http1Client
+from relay.sim.receiver import Receiver
 from relay.sim.simulator import SimulatedWebFones
 from tests.helpers import (
     KEY_A,
@@ -219,7 +220,7 @@ def _hostile_then(blast: Script, healthy_done: asyncio.Event, seen: list[bool]) 
 )
 async def test_other_subscribers_keep_flowing_while_a_hostile_one_is_served(
     sim: SimulatedWebFones,
-    receiver_factory: Callable[..., Awaitable[tuple[object, str]]],
+    receiver_factory: Callable[..., Awaitable[tuple[Receiver, str]]],
     tmp_path: Path,
     blast: Script,
     error: str,
@@ -244,7 +245,7 @@ async def test_other_subscribers_keep_flowing_while_a_hostile_one_is_served(
         ]
         async with running(make_settings(tmp_path, sim.url, subs)) as relay:
             assert relay.supervisor is not None
-            await healthy.wait_count(count, timeout=120)  # type: ignore[attr-defined]
+            await healthy.wait_count(count, timeout=120)
             healthy_done.set()
             store = relay.supervisor.store
 
@@ -254,7 +255,7 @@ async def test_other_subscribers_keep_flowing_while_a_hostile_one_is_served(
 
             await wait_until_async(hostile_dead, timeout=120)
     assert served_meanwhile == [True]
-    delivered = {r.json()["data"]["rid"] for r in healthy.requests}  # type: ignore[attr-defined]
+    delivered = {r.json()["data"]["rid"] for r in healthy.requests}
     assert delivered == {r["rid"] for r in records}
     errors = {
         e
