@@ -12,8 +12,6 @@ through the same strings as everything else, so no value is ever echoed back.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import ipaddress
 import os
 import re
@@ -24,12 +22,14 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import phonenumbers
 from pydantic import (
     AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
@@ -43,9 +43,13 @@ from pydantic_settings import (
     SettingsError,
 )
 
+from relay.config import payload
 from relay.config.durations import Duration, PositiveDuration, format_duration
 from relay.config.file import Loc, expand_env_refs, read_yaml, render_loc
 from relay.core.errors import ConfigError
+from relay.core.filters import MATCH_ALL, Filter
+from relay.core.formats import ENVELOPE, FormatName, FormatSpec
+from relay.core.keys import SigningKey
 
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
 _HEADER_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 "token"
@@ -115,6 +119,14 @@ def _check_state(value: str) -> str:
     if scheme in ("postgres", "postgresql") and rest:
         return value
     raise ValueError("must be a file path, sqlite:///path or a postgresql:// URL")
+
+
+def _check_region(value: str | None) -> str | None:
+    if value is None or value.strip().lower() == "none":
+        return None
+    if value.strip().upper() not in phonenumbers.SUPPORTED_REGIONS:
+        raise ValueError('must be a two-letter region code such as US or GB, or "none"')
+    return value.strip().upper()
 
 
 def _upper(value: object) -> object:
@@ -200,6 +212,9 @@ class UpstreamSettings(_Section):
     # what the store's shared body cache holds (relay.store.bodies.MAX_BYTES).
     max_record_bytes: int = Field(default=1024 * 1024, ge=1024, le=32 * 1024 * 1024)
     max_clock_skew: PositiveDuration = 3600.0
+    # Default region for numbers written without +: WebFones is a North American PBX. "none"
+    # turns guessing off (only +-written numbers become E.164).
+    phone_region: Annotated[str | None, AfterValidator(_check_region)] = "US"
     accounts: list[AccountSettings] = Field(min_length=1)
 
     @field_validator("base_url")
@@ -252,7 +267,11 @@ class SubscriberSettings(_Section):
 
     name: Name
     url: HttpUrl
-    secret: SecretStr
+    # One key or a list, newest first (issue 10): whsec_ (HMAC, v1) and whsk_ (ed25519, v1a).
+    secret: Annotated[SecretStr | list[SecretStr], BeforeValidator(payload.secret_before)]
+    filter: Any = None  # a filter spec (relay.core.filters); compiled below
+    format: Annotated[FormatName, BeforeValidator(_lower)] = "envelope"
+    template: str | None = None
     accounts: Annotated[list[str], Field(min_length=1)] | None = None
     # repr=False: values are often credentials (n8n header auth) and must not reach a log line.
     headers: dict[str, str] = Field(default_factory=dict, repr=False)
@@ -265,20 +284,52 @@ class SubscriberSettings(_Section):
     retry_on_4xx: bool = True
     max_retry_after: PositiveDuration = 3600.0
     enabled: bool = True
+    _keys: tuple[SigningKey, ...] = PrivateAttr(default=())
+    _filter: Filter = PrivateAttr(default=MATCH_ALL)
+    _format: FormatSpec = PrivateAttr(default=ENVELOPE)
 
     @field_validator("secret")
     @classmethod
-    def _check_secret(cls, secret: SecretStr) -> SecretStr:
-        # Standard Webhooks: "whsec_" + base64 of the HMAC key. Decode it now so a truncated
-        # paste fails at start-up, not as signatures every receiver rejects.
-        value = secret.get_secret_value()
-        try:
-            key = base64.b64decode(value.removeprefix("whsec_"), validate=True)
-        except (binascii.Error, ValueError):
-            key = b""
-        if not value.startswith("whsec_") or not 24 <= len(key) <= 64:
-            raise ValueError("must be whsec_ followed by base64 (24-64 bytes)")
+    def _check_secret(cls, secret: SecretStr | list[SecretStr]) -> SecretStr | list[SecretStr]:
+        if problems := payload.secret_problems(secret):
+            raise _Problems(problems)
         return secret
+
+    @field_validator("filter")
+    @classmethod
+    def _check_filter(cls, spec: Any) -> Any:
+        if problems := payload.filter_problems(spec):
+            raise _Problems(problems)
+        return spec
+
+    @model_validator(mode="after")
+    def _compile(self) -> SubscriberSettings:
+        # Kept compiled beside the settings; a template is compiled again by Settings with the
+        # upstream time zone and phone region (here: UTC and none, so its errors show up with
+        # every other problem of the file).
+        spec, problems = payload.format_problems(self.format, self.template, None, None)
+        if problems:
+            raise _Problems(problems)
+        assert spec is not None
+        self._format = spec
+        self._filter = payload.compiled_filter(self.filter)
+        self._keys = payload.signing_keys(self.secret)
+        return self
+
+    @property
+    def signing_keys(self) -> tuple[SigningKey, ...]:
+        """The decoded ``secret`` keys, newest first: every one signs every delivery."""
+        return self._keys
+
+    @property
+    def compiled_filter(self) -> Filter:
+        """The compiled ``filter`` (``MATCH_ALL`` without one)."""
+        return self._filter
+
+    @property
+    def format_spec(self) -> FormatSpec:
+        """The compiled ``format`` (and ``template``)."""
+        return self._format
 
     @field_validator("headers")
     @classmethod
@@ -453,6 +504,22 @@ class Settings(BaseSettings):
             raise _Problems(problems)
         return self
 
+    @model_validator(mode="after")
+    def _compile_templates(self) -> Settings:
+        # Templates read times in the upstream zone and numbers in its region: compile (and
+        # test-render) them again with those.
+        tz, region = ZoneInfo(self.upstream.timezone), self.upstream.phone_region
+        problems: list[tuple[Loc, str]] = []
+        for index, sub in enumerate(self.subscribers):
+            if sub.format == "template":
+                spec, found = payload.format_problems(sub.format, sub.template, tz, region)
+                problems += [(("subscribers", index, *loc), msg) for loc, msg in found]
+                if spec is not None:
+                    sub._format = spec
+        if problems:
+            raise _Problems(problems)
+        return self
+
     def subscribers_for(self, account: str) -> list[SubscriberSettings]:
         """The enabled subscribers that receive ``account``'s records."""
         return [
@@ -465,7 +532,7 @@ class Settings(BaseSettings):
         """Every secret string in the config, for log redaction and leak tests."""
         values = [a.api_key.get_secret_value() for a in self.upstream.accounts]
         for sub in self.subscribers:
-            values.append(sub.secret.get_secret_value())
+            values.extend(payload.secret_texts(sub.secret))
             values.extend(sub.headers.values())
         if self.admin.token is not None:
             values.append(self.admin.token.get_secret_value())

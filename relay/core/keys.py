@@ -102,7 +102,7 @@ def signature_headers(
     keys: Sequence[SigningKey], msg_id: str, now: float, body: bytes
 ) -> dict[str, str]:
     """The three Standard Webhooks headers for an attempt at wall-clock time ``now``, signed
-    with every key: the rotation-aware counterpart of ``relay.core.signing.signature_headers``."""
+    with every key. The one way the relay builds them."""
     timestamp = math.floor(now)
     return {
         "webhook-id": msg_id,

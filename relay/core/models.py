@@ -13,11 +13,14 @@ class CallRecord:
     ``call_ts`` is the upstream's own ``call_timestamp`` text (``YYYY-MM-DD HH:MM:SS`` in the
     upstream's zone), which sorts chronologically as text. ``body`` is the complete webhook body
     (the envelope around the verbatim record), built once so every attempt sends the same bytes.
+    ``subscribers`` None (the common case) sends the record to every subscriber of its batch;
+    a tuple names the ones whose filters it passed (a subset of the batch's, possibly empty).
     """
 
     rid: int
     call_ts: str
     body: bytes
+    subscribers: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)

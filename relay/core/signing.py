@@ -3,7 +3,10 @@
 A delivery carries three headers: ``webhook-id`` (stable per record and subscriber, so a receiver
 can de-duplicate retries), ``webhook-timestamp`` (integer Unix seconds of this attempt) and
 ``webhook-signature`` (``v1,`` + base64 HMAC-SHA256 over ``{id}.{timestamp}.{body}``, keyed with
-the subscriber's decoded ``whsec_`` secret). Nothing here ever puts a secret in a message.
+the subscriber's decoded ``whsec_`` secret). The headers of a delivery are built by
+:func:`relay.core.keys.signature_headers`, which signs with every configured key (rotation,
+ed25519); this module holds the HMAC primitive, the stable message id and the verifier the demo
+receiver uses. Nothing here ever puts a secret in a message.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ import base64
 import binascii
 import hashlib
 import hmac
-import math
 from collections.abc import Mapping
 from functools import lru_cache
 
@@ -69,16 +71,6 @@ def _digest(key: bytes, msg_id: str, timestamp: int, body: bytes) -> bytes:
     mac.update(f"{msg_id}.{timestamp}.".encode())
     mac.update(body)
     return mac.digest()
-
-
-def signature_headers(key: bytes, msg_id: str, now: float, body: bytes) -> dict[str, str]:
-    """The three Standard Webhooks headers for one attempt made at wall-clock time ``now``."""
-    timestamp = math.floor(now)  # the spec's timestamp is whole seconds
-    return {
-        "webhook-id": msg_id,
-        "webhook-timestamp": str(timestamp),
-        "webhook-signature": sign(key, msg_id, timestamp, body),
-    }
 
 
 def verify(

@@ -207,6 +207,8 @@ class SubscriberDispatcher:
             self._space.set()
 
     def _decide(self, delivery: Delivery, outcome: AttemptOutcome) -> Finished:
+        if outcome.permanent:  # the body cannot be rendered: no retry can help
+            return Finished(delivery.id, outcome.attempt, Outcome.DEAD)
         attempts = delivery.attempts + 1
         verdict = classify(outcome.status, retry_on_4xx=self.sub.retry_on_4xx)
         if verdict is Verdict.SUCCESS:

@@ -1,8 +1,10 @@
-"""One delivery attempt: sign, POST, read a capped response, describe what happened.
+"""One delivery attempt: shape the body, sign, POST, read a capped response, describe what
+happened.
 
 The sender never raises for anything the receiver or the network does; every outcome becomes an
 :class:`AttemptOutcome` that the dispatcher turns into a retry decision with the pure policy in
-:mod:`relay.core.retry`.
+:mod:`relay.core.retry`. A body that cannot be rendered (a template failing on this record) is
+``permanent``: no HTTP request is made and the dispatcher dead-letters the delivery.
 """
 
 from __future__ import annotations
@@ -10,34 +12,49 @@ from __future__ import annotations
 import ssl
 import time
 from dataclasses import dataclass
+from zoneinfo import ZoneInfo
 
 from relay import USER_AGENT
 from relay.config.schema import SubscriberSettings
+from relay.core.errors import RenderError
+from relay.core.keys import signature_headers
 from relay.core.models import Attempt, Delivery
 from relay.core.retry import parse_retry_after
-from relay.core.signing import decode_secret, signature_headers, webhook_id
+from relay.core.signing import webhook_id
 from relay.delivery.http1 import BadResponse, Disconnected, Http1Client
+from relay.delivery.shaping import Shaper
+
+_UTC = ZoneInfo("UTC")
 
 
 @dataclass(frozen=True, slots=True)
 class AttemptOutcome:
-    """What one POST did. ``status`` is None when no HTTP status arrived."""
+    """What one attempt did. ``status`` is None when no HTTP status arrived; ``permanent``
+    means no attempt can succeed (the body cannot be rendered): dead-letter, do not retry."""
 
     attempt: Attempt
     status: int | None
     retry_after: float | None
     webhook_id: str
+    permanent: bool = False
 
 
 class Sender:
-    """Delivers to one subscriber; holds its decoded key and its endpoint (URL, fixed headers,
-    kept-alive connections)."""
+    """Delivers to one subscriber; holds its keys, its format and its endpoint (URL, fixed
+    headers, kept-alive connections)."""
 
     def __init__(
-        self, client: Http1Client, subscriber: SubscriberSettings, response_cap: int
+        self,
+        client: Http1Client,
+        subscriber: SubscriberSettings,
+        response_cap: int,
+        *,
+        tz: ZoneInfo = _UTC,
+        region: str | None = None,
     ) -> None:
         self._name = subscriber.name
-        self._key = decode_secret(subscriber.secret.get_secret_value())
+        self._keys = subscriber.signing_keys
+        self._shaper = Shaper(subscriber.format_spec, tz, region)
         self._timeout = subscriber.timeout
         self._cap = response_cap
         self._endpoint = client.endpoint(
@@ -45,21 +62,26 @@ class Sender:
             {**subscriber.headers, "Content-Type": "application/json", "User-Agent": USER_AGENT},
         )
 
-    async def send(self, delivery: Delivery) -> AttemptOutcome:
-        """POST the delivery once. Never raises except CancelledError."""
-        msg_id = webhook_id(delivery.account, delivery.rid, self._name)
+    async def send(self, delivery: Delivery, *, msg_id: str | None = None) -> AttemptOutcome:
+        """POST the delivery once. Never raises except CancelledError. ``msg_id`` replaces the
+        delivery's stable ``webhook-id`` (``relay send-test``)."""
+        if msg_id is None:
+            msg_id = webhook_id(delivery.account, delivery.rid, self._name)
         now = time.time()
+        try:
+            body = self._shaper.body(delivery.body, delivery.account, msg_id)
+        except RenderError as exc:
+            attempt = Attempt(now, None, f"cannot render the body: {exc}", 0.0, "")
+            return AttemptOutcome(attempt, None, None, msg_id, permanent=True)
         # A fresh timestamp for every attempt: receivers reject stale ones.
-        headers = signature_headers(self._key, msg_id, now, delivery.body)
+        headers = signature_headers(self._keys, msg_id, now, body)
         started = time.perf_counter()
         status: int | None = None
         error: str | None = None
         excerpt = ""
         retry_after: float | None = None
         try:
-            resp = await self._endpoint.post(
-                headers, delivery.body, time_limit=self._timeout, cap=self._cap
-            )
+            resp = await self._endpoint.post(headers, body, time_limit=self._timeout, cap=self._cap)
         except TimeoutError:
             error = f"timeout after {self._timeout:g}s"
         except ssl.SSLCertVerificationError as exc:

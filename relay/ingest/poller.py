@@ -53,6 +53,7 @@ from relay.core.window import (
 )
 from relay.ingest.body import FetchResult, StreamAbandoned, StreamedBody
 from relay.ingest.budget import KeyBudget
+from relay.ingest.routing import Router
 from relay.ingest.upstream import Credentials, WebFonesClient
 from relay.store.base import Store
 
@@ -119,8 +120,10 @@ class AccountPoller:
         up = settings.upstream
         self.name = account.name
         self._credentials = Credentials(account.api_key.get_secret_value(), account.auth)
+        subscribers = settings.subscribers_for(account.name)
+        self._subscribers = [s.name for s in subscribers]
         self._settings = settings
-        self._subscribers = [s.name for s in settings.subscribers_for(account.name)]
+        self._router = Router(account.name, subscribers, ZoneInfo(up.timezone), up.phone_region)
         self._store = store
         self._client = client
         self._budget = budget
@@ -331,14 +334,19 @@ class AccountPoller:
         if newest is not None and (poll.newest is None or newest > poll.newest):
             poll.newest = newest
         limit = self._settings.upstream.max_record_bytes
+        # Routing (subscriber filters) only when some subscriber has a filter: the default path
+        # computes nothing extra.
+        route = self._router.route if self._router.filtering else None
         for v in valid:
             body = build_body(self.name, poll.received_at, v.record)
             if len(body) > limit:
                 # Every delivery of it would hold it in memory, and every receiver would get
                 # it: kept aside instead (its call_timestamp still moves the cursor past it).
                 batch.fresh_invalid.extend(self._oversized(v.record, body, limit))
-            else:
+            elif route is None:
                 batch.records.append(CallRecord(v.rid, v.call_ts, body))
+            else:
+                batch.records.append(CallRecord(v.rid, v.call_ts, body, route(v.record)))
         batch.fresh_invalid.extend(self._not_yet_quarantined(invalid))
 
     async def _commit(self, poll: _Poll, batch: _Batch, cursor: str | None) -> None:
@@ -437,9 +445,10 @@ class AccountPoller:
         for record in records:
             if record.rid in fresh:
                 fresh.discard(record.rid)
+                routed = self._subscribers if record.subscribers is None else record.subscribers
                 log.info(
                     "call received, queued for %d subscribers (call_timestamp %s)",
-                    len(self._subscribers),
+                    len(routed),
                     record.call_ts,
                     extra={"account": self.name, "rid": record.rid},
                 )

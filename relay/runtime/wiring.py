@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from zoneinfo import ZoneInfo
 
 import aiohttp
 
@@ -77,7 +78,13 @@ def build_pipeline(
             sub,
             settings.delivery,
             store,
-            Sender(delivery_client, sub, settings.delivery.response_cap),
+            Sender(
+                delivery_client,
+                sub,
+                settings.delivery.response_cap,
+                tz=ZoneInfo(up.timezone),
+                region=up.phone_region,
+            ),
             results,
             clock,
         )

@@ -61,6 +61,11 @@ class Store(abc.ABC):
         """In one transaction: store the new records, mark their rids seen, enqueue one delivery
         per (new record, subscriber), keep quarantined records aside, and advance the cursor.
 
+        A record's subscribers are ``batch.subscribers`` unless its ``CallRecord.subscribers``
+        is a tuple (filters at ingest): then exactly those, and none at all for an empty tuple --
+        the record is still stored and marked seen. Within one subscriber, deliveries are queued
+        in record order.
+
         Records whose ``(account, rid)`` is already seen are skipped, as are repeats within the
         batch (the first occurrence wins). Only after this returns is a record received.
         """

@@ -11,11 +11,11 @@ from datetime import UTC, datetime
 import pytest
 from standardwebhooks.webhooks import Webhook
 
+from relay.core import keys
 from relay.core.signing import (
     SignatureError,
     decode_secret,
     sign,
-    signature_headers,
     verify,
     webhook_id,
 )
@@ -24,6 +24,11 @@ KEY = bytes(range(32))
 SECRET = "whsec_" + base64.b64encode(KEY).decode()
 NOW = 1_751_403_293.75
 BODY = b'{"type":"call.record","account":"acme","data":{"rid":1}}'
+
+
+def signature_headers(key: bytes, msg_id: str, now: float, body: bytes) -> dict[str, str]:
+    """The relay's one header builder, with a single HMAC key."""
+    return keys.signature_headers((keys.HmacKey(key),), msg_id, now, body)
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ Every function here takes the connection first and is called only from that one 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import math
@@ -297,9 +298,25 @@ def _enqueue(conn: sqlite3.Connection, batch: IngestBatch, new: list[CallRecord]
         ((i, batch.account, r.rid, r.call_ts, at, r.body) for i, r in zip(ids, new, strict=True)),
     )
     # The (record × subscriber) fan-out is a join inside SQLite: binding one row per delivery
-    # from Python would cost more than writing it.
+    # from Python would cost more than writing it. Filtered records (subscribers given) are
+    # bound row by row; runs of each kind go in record order, so each queue keeps that order.
     subscribers = json.dumps(list(dict.fromkeys(batch.subscribers)))
-    conn.execute(SQL_FAN_OUT, (at, at, subscribers, ids.start, ids.stop - 1))
+    start = ids.start
+    for every, run in itertools.groupby(new, key=lambda r: r.subscribers is None):
+        records = list(run)
+        if every:
+            conn.execute(SQL_FAN_OUT, (at, at, subscribers, start, start + len(records) - 1))
+        else:
+            conn.executemany(
+                "INSERT INTO deliveries (record_id, subscriber, state, attempts, next_at, "
+                "updated_at) VALUES (?, ?, 'pending', 0, ?, ?)",
+                (
+                    (start + i, name, at, at)
+                    for i, r in enumerate(records)
+                    for name in dict.fromkeys(r.subscribers or ())
+                ),
+            )
+        start += len(records)
 
 
 # -- delivery -----------------------------------------------------------------------------------
