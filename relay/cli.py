@@ -55,6 +55,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check-config", help="validate a configuration file and exit")
     with_config(check)
+    check.add_argument(
+        "--explain",
+        action="store_true",
+        help="also show which stored records each subscriber's filter passes (relay stopped)",
+    )
+    check.add_argument("--last", type=int, default=20, metavar="N", help="records to explain")
+
+    keygen = sub.add_parser("keygen", help="print a new signing secret (whsec_…)")
+    keygen.add_argument(
+        "--ed25519",
+        action="store_true",
+        help="an ed25519 pair instead: whsk_ private, whpk_ public",
+    )
+
+    send_test = sub.add_parser(
+        "send-test", help="send one signed sample call to a subscriber, in its format"
+    )
+    send_test.add_argument("name", help="the subscriber's name")
+    with_config(send_test)
 
     demo = sub.add_parser(
         "demo", help="run against a built-in simulated WebFones and a local receiver"
@@ -85,6 +104,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from relay.sim.demo import run_demo
 
         return run_demo(args.duration, args.rate, args.verbose, args.seed)
+    if args.command == "keygen":
+        return _keygen(args.ed25519)
     try:
         settings = load_settings(args.config)
     except ConfigError as exc:
@@ -92,7 +113,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(problem, file=sys.stderr)
         return EXIT_CONFIG
     if args.command == "check-config":
-        return _check_config(settings)
+        code = _check_config(settings)
+        return _explain(settings, args.last) if args.explain else code
+    if args.command == "send-test":
+        return _send_test(settings, args.name)
     if args.command == "run":
         return _run(settings, args)
     return _offline(settings, args)
@@ -104,6 +128,67 @@ def _check_config(settings: Settings) -> int:
         f"config OK: {len(settings.upstream.accounts)} account(s), {len(subs)} subscriber(s), "
         f"state {settings.state}"
     )
+    return EXIT_OK
+
+
+def _keygen(ed25519: bool) -> int:
+    from relay.core.keys import generate_ed25519_pair, generate_hmac_secret
+
+    if not ed25519:
+        print(generate_hmac_secret())
+        print("put it in subscribers[].secret and give it to the receiver", file=sys.stderr)
+        return EXIT_OK
+    private, public = generate_ed25519_pair()
+    print(private)
+    print(public)
+    print(
+        "line 1 (whsk_) goes in subscribers[].secret; line 2 (whpk_) is the public key for "
+        "the receiver, which checks the v1a signature with it",
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
+def _send_test(settings: Settings, name: str) -> int:
+    from relay.ops.sendtest import report, send_test
+
+    sub = next((s for s in settings.subscribers if s.name == name), None)
+    if sub is None:
+        print(f"no subscriber named {name!r} in the configuration", file=sys.stderr)
+        return EXIT_CONFIG
+    outcome, _ = asyncio.run(send_test(settings, sub))
+    for line in report(settings, sub, outcome):
+        print(line)
+    ok = outcome.status is not None and 200 <= outcome.status < 300
+    return EXIT_OK if ok else EXIT_FAILURE
+
+
+def _explain(settings: Settings, last: int) -> int:
+    from relay.core.errors import StoreLocked
+    from relay.ops.explain import explain
+    from relay.runtime.stores import open_store
+
+    async def go() -> list[str]:
+        store = open_store(settings.state)
+        await store.open()
+        try:
+            return await explain(settings, store, max(last, 1))
+        finally:
+            await store.close()
+
+    try:
+        lines = asyncio.run(go())
+    except StoreLocked:
+        print(
+            f"state {settings.state} is in use by a running relay: --explain reads the stored "
+            "records only while the relay is stopped (the state has one owner at a time)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
+    except StoreError as exc:
+        print(f"state {settings.state}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    print("\n".join(lines))
     return EXIT_OK
 
 

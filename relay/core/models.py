@@ -140,3 +140,12 @@ class DeadLetter:
     attempts: int
     last_error: str | None
     dead_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRecord:
+    """A record as stored: its account, rid and the envelope body (``check-config --explain``)."""
+
+    account: str
+    rid: int
+    body: bytes

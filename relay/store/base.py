@@ -13,6 +13,7 @@ import abc
 from collections.abc import Callable, Sequence
 from typing import ClassVar
 
+from relay.core.errors import StoreError
 from relay.core.models import (
     AccountCursor,
     DeadLetter,
@@ -20,6 +21,7 @@ from relay.core.models import (
     Finished,
     IngestBatch,
     IngestResult,
+    StoredRecord,
 )
 from relay.core.status import StoreStats
 
@@ -269,3 +271,8 @@ class Store(abc.ABC):
     async def notify(self, kind: str, subject: str) -> None:
         """Send a wake-up to every listening instance (config changes, operator actions); a
         no-op on single-owner backends. ``kind`` must not contain ``:``."""
+
+    async def recent_records(self, limit: int) -> list[StoredRecord]:
+        """The ``limit`` records stored last, newest first, whatever their deliveries (for
+        ``relay check-config --explain``). Not abstract: a backend without it says so."""
+        raise StoreError("this state backend cannot list stored records")

@@ -14,7 +14,16 @@ from relay.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 
-SUBCOMMANDS = ["run", "check-config", "demo", "status", "dead-letters", "enable-subscriber"]
+SUBCOMMANDS = [
+    "run",
+    "check-config",
+    "demo",
+    "status",
+    "dead-letters",
+    "enable-subscriber",
+    "keygen",
+    "send-test",
+]
 
 
 @pytest.mark.parametrize("argv", [["--help"]] + [[c, "--help"] for c in SUBCOMMANDS])
@@ -79,16 +88,22 @@ def test_demo_delivers_every_simulated_call_with_valid_signatures() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     summary = re.search(
-        r"(\d+) calls produced; crm received (\d+), slack received (\d+) .*"
-        r"rejected signatures: (\d+)",
+        r"(\d+) calls produced; crm received (\d+), slack received (\d+) as Slack messages, "
+        r"missed received (\d+) of (\d+) missed calls .*rejected signatures: (\d+); "
+        r"refused by Slack as malformed: (\d+)",
         proc.stdout,
     )
     assert summary, proc.stdout
-    produced, crm, slack, rejected = map(int, summary.groups())
+    produced, crm, slack, missed, want_missed, rejected, malformed = map(int, summary.groups())
     assert produced > 0
     assert crm == produced and slack == produced
-    assert rejected == 0
+    assert missed == want_missed
+    assert rejected == 0 and malformed == 0
     assert len(re.findall(r"^\d\d:\d\d:\d\d  crm ", proc.stdout, re.M)) == produced
+    assert len(re.findall(r"^\d\d:\d\d:\d\d  slack  \S.* call ", proc.stdout, re.M)) == produced
+    missed_lines = re.findall(r"^\d\d:\d\d:\d\d  missed .*", proc.stdout, re.M)
+    assert len(missed_lines) == missed
+    assert all(" INCOMING " in line and " ANSWERED " not in line for line in missed_lines)
 
 
 def test_demo_without_duration_runs_until_ctrl_c() -> None:
@@ -106,7 +121,7 @@ def test_demo_without_duration_runs_until_ctrl_c() -> None:
         lines = []
         for line in proc.stdout:  # wait for the first delivered call, however long it takes
             lines.append(line)
-            if re.match(r"^\d\d:\d\d:\d\d  (crm|slack) ", line):
+            if re.match(r"^\d\d:\d\d:\d\d  (crm|slack|missed) ", line):
                 break
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=30)

@@ -27,6 +27,7 @@ from relay.core.models import (
     IngestBatch,
     IngestResult,
     Outcome,
+    StoredRecord,
 )
 from relay.core.status import AccountState, QueueCounts, StoreStats
 from relay.store.bodies import BodyCache
@@ -585,6 +586,11 @@ def dead_letters(conn: sqlite3.Connection, subscriber: str | None, limit: int) -
     )
     rows = conn.execute(sql, {"sub": subscriber, "limit": limit})
     return [DeadLetter(*row) for row in rows]
+
+
+def recent_records(conn: sqlite3.Connection, limit: int) -> list[StoredRecord]:
+    sql = "SELECT account, rid, body FROM records ORDER BY id DESC LIMIT ?"
+    return [StoredRecord(*row) for row in conn.execute(sql, (limit,))]
 
 
 def replay(

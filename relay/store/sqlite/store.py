@@ -35,6 +35,7 @@ from relay.core.models import (
     Finished,
     IngestBatch,
     IngestResult,
+    StoredRecord,
 )
 from relay.core.status import StoreStats
 from relay.store.base import Store
@@ -243,6 +244,9 @@ class SqliteStore(SingleOwnerMixin, Store):
 
     async def release_claims(self, claims: Sequence[Delivery]) -> None:
         await self.release([c.id for c in claims])
+
+    async def recent_records(self, limit: int) -> list[StoredRecord]:
+        return await self._run("list records", q.recent_records, limit)
 
 
 def integrity_check(path: str) -> str:
