@@ -41,6 +41,7 @@ EXAMPLE_ENV = {
     "N8N_WEBHOOK_SECRET": "whsec_" + "ZmVkY2JhOTg3NjU0MzIxMGZlZGNiYTk4NzY1NDMyMTA=",
     "N8N_TOKEN": "n8n-token-abcdef123456",
     "CRM_WEBHOOK_SECRET": "whsec_" + "YWJjZGVmMDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODk=",
+    "SLACK_WEBHOOK_SECRET": "whsec_" + "c2xhY2stc2lnbmluZy1rZXktMDEyMzQ1Njc4OWFi",
     "ADMIN_TOKEN": "admin-token-abcdef123456",
 }
 
@@ -52,7 +53,7 @@ def test_check_config_accepts_the_example(
         monkeypatch.setenv(name, value)
     assert main(["check-config", "--config", str(ROOT / "config.example.yaml")]) == 0
     out = capsys.readouterr()
-    assert out.out.startswith("config OK: 2 account(s), 3 subscriber(s)")
+    assert out.out.startswith("config OK: 2 account(s), 4 subscriber(s)")
     for secret in EXAMPLE_ENV.values():
         assert secret not in out.out + out.err
 

@@ -773,13 +773,21 @@ def test_example_config_loads() -> None:
         "N8N_WEBHOOK_SECRET": SECRET_CRM,
         "N8N_TOKEN": N8N_TOKEN,
         "CRM_WEBHOOK_SECRET": _whsec(48),
+        "SLACK_WEBHOOK_SECRET": _whsec(32),
         "ADMIN_TOKEN": ADMIN_TOKEN,
     }
     s = load_settings(EXAMPLE, environ)
     assert [a.name for a in s.upstream.accounts] == ["main", "sales"]
-    assert [sub.name for sub in s.subscribers] == ["zapier", "n8n", "crm"]
-    assert [sub.name for sub in s.subscribers_for("main")] == ["zapier", "n8n"]
-    assert [sub.name for sub in s.subscribers_for("sales")] == ["zapier", "n8n", "crm"]
+    assert [sub.name for sub in s.subscribers] == ["zapier", "n8n", "crm", "slack-missed"]
+    assert [sub.name for sub in s.subscribers_for("main")] == ["zapier", "n8n", "slack-missed"]
+    assert [sub.name for sub in s.subscribers_for("sales")] == [
+        "zapier",
+        "n8n",
+        "crm",
+        "slack-missed",
+    ]
+    assert s.subscribers[2].format_spec.name == "template"
+    assert s.subscribers[3].compiled_filter.spec == {"call.missed": True}
     assert s.subscribers[1].headers == {"X-N8N-Auth": N8N_TOKEN}
     assert set(environ.values()) <= set(s.secret_values())
     # Each documented default is the real default (the example spells every one out).
@@ -799,5 +807,5 @@ def test_example_config_loads() -> None:
 
 def test_example_config_names_every_missing_secret() -> None:
     problems = problems_of(EXAMPLE, {})
-    assert len(problems) == 7
+    assert len(problems) == 8
     assert all("is not set" in line for line in problems)
