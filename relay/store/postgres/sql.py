@@ -33,7 +33,7 @@ INSERT INTO records (account, rid, call_ts, received_at, body)
 SELECT $1, u.rid, u.call_ts, $4, u.body
 FROM unnest($2::bigint[], $3::text[], $5::bytea[]) WITH ORDINALITY AS u(rid, call_ts, body, n)
 ORDER BY u.n
-RETURNING id
+RETURNING id, rid
 """
 
 # One delivery per (record, subscriber); the body stays in its one record row.
@@ -43,6 +43,17 @@ SELECT r.id, s.name, 'pending', 0, $3, $3
 FROM unnest($1::bigint[]) AS r(id), unnest($2::text[]) WITH ORDINALITY AS s(name, n)
 ORDER BY r.id, s.n
 """
+
+# Filtered records (``CallRecord.subscribers`` given): one delivery per listed (record, name)
+# pair, inserted in the order given (record order), so each queue keeps record order.
+FAN_OUT_PAIRS = """
+INSERT INTO deliveries (record_id, subscriber, state, attempts, next_at, updated_at)
+SELECT u.id, u.name, 'pending', 0, $3, $3
+FROM unnest($1::bigint[], $2::text[]) WITH ORDINALITY AS u(id, name, n)
+ORDER BY u.n
+"""
+
+RECENT_RECORDS = "SELECT account, rid, body FROM records ORDER BY id DESC LIMIT $1"
 
 QUARANTINE = """
 INSERT INTO quarantine (account, raw, reason, at)

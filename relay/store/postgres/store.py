@@ -33,13 +33,20 @@ from relay.core.models import (
     IngestBatch,
     IngestResult,
     Outcome,
+    StoredRecord,
 )
 from relay.core.status import AccountState, QueueCounts, StoreStats
 from relay.store.base import Store
 from relay.store.bodies import BodyCache
 from relay.store.postgres import migrations
 from relay.store.postgres import sql as q
-from relay.store.postgres.connect import DRIVER_ERRORS, Target, parse_target, store_error
+from relay.store.postgres.connect import (
+    DRIVER_ERRORS,
+    Conn,
+    Target,
+    parse_target,
+    store_error,
+)
 from relay.store.postgres.shared import SharedStateMixin, notify_due
 
 log = logging.getLogger(__name__)
@@ -141,8 +148,11 @@ class PostgresStore(SharedStateMixin, Store):
 
     async def ingest(self, batch: IngestBatch) -> IngestResult:
         first: dict[int, tuple[str, bytes]] = {}
+        routes: dict[int, tuple[str, ...] | None] = {}
         for record in batch.records:
-            first.setdefault(record.rid, (record.call_ts, record.body))  # the first one wins
+            if record.rid not in first:  # the first one wins
+                first[record.rid] = (record.call_ts, record.body)
+                routes[record.rid] = record.subscribers
         rids = list(first)
         at = batch.received_at
         async with self._tx("ingest") as conn:
@@ -162,9 +172,12 @@ class PostgresStore(SharedStateMixin, Store):
                     at,
                     [first[r][1] for r in new],
                 )
-                if subscribers:
-                    await conn.execute(q.FAN_OUT, [row[0] for row in ids], subscribers, at)
-                    await notify_due(conn, subscribers)
+                if all(routes[r] is None for r in new):
+                    if subscribers:
+                        await conn.execute(q.FAN_OUT, [row[0] for row in ids], subscribers, at)
+                        await notify_due(conn, subscribers)
+                else:
+                    await _fan_out_routed(conn, ids, routes, subscribers, at)
             if batch.quarantined:
                 raws = [item.raw for item in batch.quarantined]
                 reasons = [item.reason for item in batch.quarantined]
@@ -172,6 +185,11 @@ class PostgresStore(SharedStateMixin, Store):
             if batch.cursor is not None:
                 await conn.execute(q.ADVANCE_CURSOR, batch.account, batch.cursor)
         return IngestResult(new, len(batch.records) - len(new))
+
+    async def recent_records(self, limit: int) -> list[StoredRecord]:
+        async with self._conn("list records") as conn:
+            rows = await conn.fetch(q.RECENT_RECORDS, limit)
+        return [StoredRecord(row[0], row[1], bytes(row[2])) for row in rows]
 
     async def mark_swept(self, account: str, at: float, anchor: str | None) -> None:
         await self._execute("mark swept", q.MARK_SWEPT, account, at, anchor)
@@ -334,6 +352,27 @@ class PostgresStore(SharedStateMixin, Store):
         for name, reason in states:
             result.subscribers.setdefault(name, QueueCounts()).disabled = reason
         return result
+
+
+async def _fan_out_routed(
+    conn: Conn,
+    inserted: Sequence[asyncpg.Record],
+    routes: dict[int, tuple[str, ...] | None],
+    subscribers: list[str],
+    at: float,
+) -> None:
+    """Deliveries for a batch with filtered records: each record to its own subscribers (all of
+    the batch's when it has no list), in record order."""
+    ids: list[int] = []
+    names: list[str] = []
+    for record_id, rid in sorted((row[0], row[1]) for row in inserted):
+        route = routes[rid]
+        for name in subscribers if route is None else dict.fromkeys(route):
+            ids.append(record_id)
+            names.append(name)
+    if ids:
+        await conn.execute(q.FAN_OUT_PAIRS, ids, names, at)
+        await notify_due(conn, set(names))
 
 
 def _finish_arrays(results: Sequence[Finished]) -> list[list[Any]]:
