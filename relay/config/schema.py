@@ -304,9 +304,9 @@ class SubscriberSettings(_Section):
 
     @model_validator(mode="after")
     def _compile(self) -> SubscriberSettings:
-        # Kept compiled beside the settings; a template is compiled again by Settings with the
-        # upstream time zone and phone region (here: UTC and none, so its errors show up with
-        # every other problem of the file).
+        # Kept compiled beside the settings. A template is compiled here with UTC and no phone
+        # region (so a subscriber built on its own is complete) and again by Settings with the
+        # upstream's time zone and region.
         spec, problems = payload.format_problems(self.format, self.template, None, None)
         if problems:
             raise _Problems(problems)

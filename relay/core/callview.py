@@ -27,8 +27,9 @@ Rules (documented for filter and template authors):
 
 from __future__ import annotations
 
+import functools
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
@@ -47,7 +48,6 @@ _DIRECTIONS: dict[str, Direction] = {
     "INTERNAL": "internal",
     "LOCAL": "internal",
 }
-_TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S"
 _TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}")
 _EXTENSION_ONLY = re.compile(r"x?(\d{1,6})", re.IGNORECASE)
 _DIGITS = re.compile(r"\d{1,12}")
@@ -104,8 +104,18 @@ class CallView:
 
     def as_dict(self) -> dict[str, Any]:
         """A plain, JSON-ready dict (parties nested), for filters (``call.caller.number``) and
-        templates (``{{ call.caller.number }}``)."""
-        return asdict(self)
+        templates (``{{ call.caller.number }}``).
+
+        What ``dataclasses.asdict`` gives, built directly: every value is immutable, so its
+        recursive deep copy (most of a filter's cost) buys nothing."""
+        data = {name: getattr(self, name) for name in _VIEW_FIELDS}
+        data["caller"] = {name: getattr(self.caller, name) for name in _PARTY_FIELDS}
+        data["callee"] = {name: getattr(self.callee, name) for name in _PARTY_FIELDS}
+        return data
+
+
+_VIEW_FIELDS = tuple(f.name for f in fields(CallView))
+_PARTY_FIELDS = tuple(f.name for f in fields(Party))
 
 
 def call_view(record: dict[str, Any], account: str, tz: ZoneInfo, region: str | None) -> CallView:
@@ -144,9 +154,14 @@ def call_view(record: dict[str, Any], account: str, tz: ZoneInfo, region: str | 
     )
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_number(text: str, region: str | None) -> tuple[str, str | None] | None:
     """``(E.164, extension)`` for a phone number written in ``text``, or ``None`` if it is not
-    a whole number in ``region`` (see the module docstring). Shared with the ``e164`` filter."""
+    a whole number in ``region`` (see the module docstring). Shared with the ``e164`` filter.
+
+    Cached: parsing costs tens of microseconds, most of a call view, and the same numbers come
+    back all the time (a PBX's own lines on every call, callers who call again). Pure, so the
+    cache changes nothing but the cost."""
     if not text or len(text) > _MAX_NUMBER_TEXT:
         return None
     try:
@@ -194,7 +209,8 @@ def _start(value: object, tz: ZoneInfo) -> datetime | None:
         return None
     try:
         # fold=0: in the repeated autumn hour the earlier instant is taken, as the PBX would.
-        return datetime.strptime(value, _TIMESTAMP_FORMAT).replace(tzinfo=tz)
+        # The shape is checked above; fromisoformat reads it in C (strptime costs ~50 µs).
+        return datetime.fromisoformat(value).replace(tzinfo=tz)
     except ValueError:
         return None  # 2025-02-30 and friends
 

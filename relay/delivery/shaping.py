@@ -19,6 +19,7 @@ import orjson
 from relay.core.callview import call_view
 from relay.core.errors import RenderError
 from relay.core.formats import EnvelopeFields, FormatSpec, render
+from relay.core.formats.common import dumps
 
 
 class Shaper:
@@ -39,6 +40,8 @@ class Shaper:
         record = envelope.get("data") if isinstance(envelope, dict) else None
         if not isinstance(record, dict):
             raise RenderError("stored body has no record to render")
+        if self.spec.name == "record":
+            return dumps(record)  # what render() does for it, without a call view it ignores
         account = envelope.get("account", account)
         fields: EnvelopeFields = {
             "account": account if isinstance(account, str) else str(account),

@@ -105,3 +105,14 @@ def test_a_record_orjson_refuses_still_renders() -> None:
     stored = build_body("acme", 0.0, {"rid": 2**70, "name": "\ud800"})
     shaper = Shaper(compile_format("record", None, "s"), UTC, "US")
     assert b"1180591620717411303424" in shaper.body(stored, "acme", "msg_1")
+
+
+def test_view_as_dict_is_what_dataclasses_asdict_gives() -> None:
+    import dataclasses
+
+    from relay.core.callview import call_view
+
+    for record in (SAMPLE_RECORD, {}, {"direction": "OUTGOING", "cidnumber_outside": "+44 20"}):
+        view = call_view(record, "acme", UTC, "US")
+        assert view.as_dict() == dataclasses.asdict(view)
+        assert list(view.as_dict()) == list(dataclasses.asdict(view))

@@ -12,6 +12,7 @@ Markdown characters in caller names are backslash-escaped so they show as writte
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from relay.core.callview import CallView
@@ -29,15 +30,20 @@ COLOR_MISSED = 0xE01E5A
 COLOR_ANSWERED = 0x2EB67D
 COLOR_OTHER = 0x8D8D8D
 _MARKDOWN = frozenset("\\*_~`|>[]#")
+_MARKDOWN_RE = re.compile("[" + re.escape("".join(sorted(_MARKDOWN))) + "]")
 
 
 def escape(text: str, limit: int) -> str:
     """One line of ``text`` with Markdown escaped, cut to ``limit`` characters."""
-    return fit(clean(text), limit, _escape_char)
+    return fit(clean(text), limit, _escape_char, _escape_all)
 
 
 def _escape_char(char: str) -> str:
     return "\\" + char if char in _MARKDOWN else char
+
+
+def _escape_all(text: str) -> str:
+    return _MARKDOWN_RE.sub(lambda m: "\\" + m[0], text)
 
 
 def render_discord(view: CallView) -> bytes:

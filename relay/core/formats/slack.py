@@ -29,11 +29,16 @@ _ESCAPES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
 
 def escape(text: str, limit: int = TEXT_LIMIT) -> str:
     """mrkdwn-escape ``text``, cut (with ``…``) so the escaped result fits ``limit``."""
-    return fit(text, limit, _escape_char)
+    return fit(text, limit, _escape_char, _escape_all)
 
 
 def _escape_char(char: str) -> str:
     return _ESCAPES.get(char, char)
+
+
+def _escape_all(text: str) -> str:
+    # "&" first, so the "&" of the other entities is not escaped again.
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def render_slack(view: CallView) -> bytes:
