@@ -153,6 +153,7 @@ CASES = [
         id="template-missing",
     ),
     one("upstream.phone_region", "USA", "phone-region"),
+    one("upstream.max_record_bytes", 100, "max-record-bytes-small"),
     one("subscribers[0].accounts", [], "subscriber-accounts-empty"),
     one("subscribers[0].accounts", ["nope"], "subscriber-accounts-unknown"),
     one("subscribers[0].headers", "x", "headers-not-mapping"),
