@@ -38,6 +38,19 @@ from typing import Any
 from aiohttp import web
 
 from relay.sim.localserver import LocalServer
+from relay.sim.replies import (
+    HangReply,
+    HugeReply,
+    Reply,
+    ResetReply,
+    SlowReply,
+    StatusReply,
+    StreamForeverReply,
+    TrickleReply,
+    status_of,
+)
+
+__all__ = ["ReceivedRequest", "Receiver", "Reply", "serve_forever"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,100 +59,6 @@ _JSON = {"Content-Type": "application/json"}
 _CHUNK = 64 * 1024
 
 Verifier = Callable[[Mapping[str, str], bytes], None]
-
-
-# --- replies --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """How the receiver answers one request. Build one with the constructors below."""
-
-    @staticmethod
-    def status(
-        code: int, headers: Mapping[str, str] | None = None, body: bytes = b""
-    ) -> StatusReply:
-        """Answer ``code`` (e.g. 500, 410, 429 with ``{"Retry-After": "3"}``)."""
-        return StatusReply(code, tuple((headers or {}).items()), body)
-
-    @staticmethod
-    def ok() -> StatusReply:
-        """The default answer: 200 ``{"ok":true}``."""
-        return StatusReply(200, tuple(_JSON.items()), _OK_BODY)
-
-    @staticmethod
-    def redirect(location: str, code: int = 307) -> StatusReply:
-        """Answer a redirect (301/302/303/307/308) to ``location``."""
-        return StatusReply(code, (("Location", location),), b"")
-
-    @staticmethod
-    def slow(seconds: float, then: Reply | None = None) -> SlowReply:
-        """Wait ``seconds``, then answer ``then`` (default: the receiver's default reply)."""
-        return SlowReply(seconds, then)
-
-    @staticmethod
-    def hang() -> HangReply:
-        """Never answer; the handler ends when the client closes the connection."""
-        return HangReply()
-
-    @staticmethod
-    def reset() -> ResetReply:
-        """Abort the connection without sending any response."""
-        return ResetReply()
-
-    @staticmethod
-    def huge(nbytes: int) -> HugeReply:
-        """Answer 200 with a body of ``nbytes`` bytes, streamed."""
-        return HugeReply(nbytes)
-
-    @staticmethod
-    def stream_forever(limit: float = 60.0) -> StreamForeverReply:
-        """Answer 200 with a chunked body that keeps coming (ends after ``limit`` seconds)."""
-        return StreamForeverReply(limit)
-
-    @staticmethod
-    def trickle_headers(delay: float, then: StatusReply | None = None) -> TrickleReply:
-        """Write the status line and headers of ``then`` (default 200) one byte per ``delay``."""
-        return TrickleReply(delay, then or Reply.ok())
-
-
-@dataclass(frozen=True, slots=True)
-class StatusReply(Reply):
-    code: int
-    headers: tuple[tuple[str, str], ...]
-    body: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class SlowReply(Reply):
-    seconds: float
-    then: Reply | None
-
-
-@dataclass(frozen=True, slots=True)
-class HangReply(Reply):
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class ResetReply(Reply):
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class HugeReply(Reply):
-    nbytes: int
-
-
-@dataclass(frozen=True, slots=True)
-class StreamForeverReply(Reply):
-    limit: float
-
-
-@dataclass(frozen=True, slots=True)
-class TrickleReply(Reply):
-    delay: float
-    then: StatusReply
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,17 +79,6 @@ class ReceivedRequest:
     def json(self) -> Any:
         """The body parsed as JSON."""
         return json.loads(self.body)
-
-
-def _status_of(reply: Reply, default: Reply) -> int:
-    match reply:
-        case StatusReply(code=code) | TrickleReply(then=StatusReply(code=code)):
-            return code
-        case SlowReply(then=then):
-            return _status_of(then or default, default)
-        case HugeReply() | StreamForeverReply():
-            return 200
-    return 0
 
 
 # --- receiver -------------------------------------------------------------------------------
@@ -275,7 +183,7 @@ class Receiver(LocalServer):
                 name = name.lower()
                 headers[name] = f"{headers[name]}, {value}" if name in headers else value
             reply = self._choose(headers, body)
-            status = _status_of(reply, self._default)
+            status = status_of(reply, self._default)
             self.requests.append(
                 ReceivedRequest(time.monotonic(), request.path, headers, body, status)
             )

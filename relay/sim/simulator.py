@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import contextlib
 import hashlib
 import logging
 import random
@@ -37,7 +36,22 @@ from zoneinfo import ZoneInfo
 import orjson
 from aiohttp import web
 
+from relay.sim.calls import make_call
+from relay.sim.faults import (
+    MALFORMED,
+    Fault,
+    HugeFault,
+    RawFault,
+    RedirectFault,
+    ResetFault,
+    SlowFault,
+    StatusFault,
+    huge_answer,
+    reset_answer,
+)
 from relay.sim.localserver import LocalServer
+
+__all__ = ["MALFORMED", "PATH", "Fault", "RequestLogEntry", "SimulatedWebFones", "key_id"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,107 +65,6 @@ _IP_LIMITED = "Too many requests from this IP, please try again later."
 def key_id(key: str) -> str:
     """A short, stable, non-reversible id for an API key, safe to log and compare."""
     return hashlib.sha256(key.encode()).hexdigest()[:12]
-
-
-# --- faults ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Fault:
-    """A scripted misbehaviour for one request. Build one with the constructors below."""
-
-    @staticmethod
-    def status(
-        code: int, body: bytes | None = None, headers: Mapping[str, str] | None = None
-    ) -> StatusFault:
-        """Answer ``code`` with ``body`` (default: the spec's JSON error body for that code).
-
-        E.g. ``Fault.status(429, headers={"Retry-After": "2"})``.
-        """
-        return StatusFault(code, body, tuple((headers or {}).items()))
-
-    @staticmethod
-    def raw(code: int, content_type: str, body: bytes) -> RawFault:
-        """Answer exactly these bytes (HTML error pages, broken JSON...); see ``MALFORMED``."""
-        return RawFault(code, content_type, body)
-
-    @staticmethod
-    def slow(seconds: float) -> SlowFault:
-        """Compute the normal answer on arrival, send it ``seconds`` later."""
-        return SlowFault(seconds)
-
-    @staticmethod
-    def reset() -> ResetFault:
-        """Send the headers and half of the normal body, then abort the connection."""
-        return ResetFault()
-
-    @staticmethod
-    def redirect(location: str, code: int = 302) -> RedirectFault:
-        """Answer a redirect to ``location``."""
-        return RedirectFault(location, code)
-
-    @staticmethod
-    def huge(nbytes: int, *, chunked: bool = True) -> HugeFault:
-        """Answer the normal, valid JSON padded to about ``nbytes`` with an extra ``padding``
-        member, streamed in chunks so the server's memory stays small. ``chunked=False`` sends
-        a Content-Length up front instead."""
-        return HugeFault(nbytes, chunked)
-
-
-@dataclass(frozen=True, slots=True)
-class StatusFault(Fault):
-    code: int
-    body: bytes | None
-    headers: tuple[tuple[str, str], ...]
-
-
-@dataclass(frozen=True, slots=True)
-class RawFault(Fault):
-    code: int
-    content_type: str
-    body: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class SlowFault(Fault):
-    seconds: float
-
-
-@dataclass(frozen=True, slots=True)
-class ResetFault(Fault):
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class RedirectFault(Fault):
-    location: str
-    code: int
-
-
-@dataclass(frozen=True, slots=True)
-class HugeFault(Fault):
-    nbytes: int
-    chunked: bool
-
-
-def _raw_json(body: bytes) -> RawFault:
-    return Fault.raw(200, "application/json", body)
-
-
-# Bodies a robust client must refuse without storing anything; handy for parametrised tests.
-MALFORMED: Mapping[str, Fault] = {
-    "html_200": Fault.raw(
-        200, "text/html", b"<html><head><title>502 Bad Gateway</title></head><body></body></html>"
-    ),
-    "truncated_json": _raw_json(b'{"success": true, "count": 1, "records": [{"rid": 211'),
-    "not_json": _raw_json(b"OK"),
-    "empty_body": _raw_json(b""),
-    "success_false": _raw_json(b'{"success": false, "error": "Database unavailable"}'),
-    "records_missing": _raw_json(b'{"success": true, "count": 0}'),
-    "records_null": _raw_json(b'{"success": true, "count": 0, "records": null}'),
-    "records_not_list": _raw_json(b'{"success": true, "count": 1, "records": {"rid": 1}}'),
-    "count_mismatch": _raw_json(b'{"success": true, "count": 3, "records": []}'),
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,19 +84,6 @@ class RequestLogEntry:
     fault: str | None = None
 
 
-# --- record generation ----------------------------------------------------------------------
-
-_CNAM = ("B WHITTAKER", "ACME PLUMBING", "J SMITH", "WIRELESS CALLER", "TOLL FREE CALL",
-         "RIVERSIDE DENTAL", "M GARCIA", "K OBRIEN", "NORTHWIND LLC", "UNKNOWN")  # fmt: skip
-_UNICODE = ("José Nuñez", "Zoë Ashford", "Łukasz Wójcik", "Søren Dahl", "Chloé Lefèvre",
-            "Ana María Peña", "Jürgen Groß", "王 芳")  # fmt: skip
-_STAFF = ("Alice Park", "Ben Ortiz", "Carla Reyes", "Dev Patel", "Erin Walsh", "Femi Ade",
-          "Gus Lind", "Hana Sato")  # fmt: skip
-_DIRECTIONS = ("INCOMING", "OUTGOING", "INTERNAL")
-_DISPOSITIONS = ("ANSWERED", "NO ANSWER", "BUSY", "FAILED", "VOICEMAIL")
-_QUEUES = ("", "", "", "Sales", "Support", "Billing")
-
-
 @dataclass(slots=True)
 class _Account:
     """One API key's data: its PBX profile and its records, kept sorted for the query."""
@@ -195,10 +95,6 @@ class _Account:
     rows: list[dict[str, Any]] = field(default_factory=list)
     # Raw records without a string call_timestamp cannot be filtered; they come back every time.
     unfiltered: list[dict[str, Any]] = field(default_factory=list)
-
-
-def _outside_number(rng: random.Random) -> str:
-    return f"(555) 01{rng.randint(0, 9)}-{rng.randint(0, 9999):04d}"
 
 
 class SimulatedWebFones(LocalServer):
@@ -303,40 +199,11 @@ class SimulatedWebFones(LocalServer):
             raise TimeoutError(f"{have} of {n} records after {timeout}s") from None
 
     def _generate(self, account: _Account, started: datetime) -> dict[str, Any]:
-        rng = self._rng
-        rid = self._next_rid
-        direction = rng.choices(_DIRECTIONS, weights=(55, 35, 10))[0]
-        disposition = rng.choices(_DISPOSITIONS, weights=(70, 12, 5, 3, 10))[0]
-        if direction != "INCOMING" and disposition == "VOICEMAIL":
-            disposition = "ANSWERED"
-        billsec = (
-            int(rng.expovariate(1 / 150)) + 1 if disposition in ("ANSWERED", "VOICEMAIL") else 0
-        )
-        ext = rng.choice(account.extensions)
-        if direction == "INTERNAL":
-            name, number = rng.choice(_STAFF), rng.choice(account.extensions)
-        else:
-            roll = rng.random()
-            name = rng.choice(_UNICODE) if roll < 0.15 else "" if roll < 0.2 else rng.choice(_CNAM)
-            number = _outside_number(rng)
-        uniqueid = f"{int(started.timestamp())}.{rid % 100_000}"
-        answered = disposition == "ANSWERED"
-        return {
-            "rid": rid,
-            "call_timestamp": self.format_ts(started),
-            "cidname_outside": name,
-            "cidext_inside": ext,
-            "direction": direction,
-            "cidnumber_outside": number,
-            "cidnumber_inside": f"{account.main_number}, x{ext}",
-            "disposition": disposition,
-            "duration": billsec + rng.randint(0, 25),
-            "billsec": billsec,
-            "uniqueid": uniqueid,
-            "recording": f"{uniqueid}.wav" if answered and rng.random() < 0.4 else "",
-            "queue": rng.choice(_QUEUES) if direction == "INCOMING" else "",
-            "did": account.main_number if direction == "INCOMING" else "",
-        }
+        record = make_call(
+            self._rng, self._next_rid, self.format_ts(started), started, account.main_number,
+            account.extensions,
+        )  # fmt: skip
+        return record
 
     def _insert(self, account: _Account, record: dict[str, Any]) -> None:
         rid = record.get("rid")
@@ -525,9 +392,9 @@ class SimulatedWebFones(LocalServer):
         if isinstance(fault, SlowFault):
             await asyncio.sleep(fault.seconds)
         if isinstance(fault, ResetFault):
-            return await _reset(request, status, body)
+            return await reset_answer(request, status, body)
         if isinstance(fault, HugeFault) and status == 200:
-            return await _huge(request, body, fault)
+            return await huge_answer(request, body, fault)
         return _response(status, body)
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -573,37 +440,3 @@ def _response(status: int, body: bytes, headers: Mapping[str, str] | None = None
     return web.Response(
         status=status, body=body, headers={"Content-Type": _JSON, **(headers or {})}
     )
-
-
-async def _reset(request: web.Request, status: int, body: bytes) -> web.StreamResponse:
-    """Send the headers and half the body, then abort: the client sees a truncated payload."""
-    response = web.StreamResponse(status=status, headers={"Content-Type": _JSON})
-    response.content_length = len(body)
-    await response.prepare(request)
-    await response.write(body[: len(body) // 2])
-    if request.transport is not None:
-        request.transport.abort()
-    # aiohttp's final write_eof now fails with a ConnectionError, which it treats as a client
-    # disconnect and ignores quietly.
-    return response
-
-
-async def _huge(request: web.Request, body: bytes, fault: HugeFault) -> web.StreamResponse:
-    """``body`` (a JSON object) with a ``padding`` member inserted, about ``fault.nbytes`` long."""
-    head = b'{"padding":"'
-    tail = b'",' + body[1:]
-    pad = max(0, fault.nbytes - len(head) - len(tail))
-    response = web.StreamResponse(status=200, headers={"Content-Type": _JSON})
-    if not fault.chunked:
-        response.content_length = len(head) + pad + len(tail)
-    await response.prepare(request)
-    chunk = b"x" * (1 << 16)
-    with contextlib.suppress(ConnectionError):  # a client past its cap stops reading, as it should
-        await response.write(head)
-        while pad > 0:
-            part = chunk[: min(pad, len(chunk))]
-            await response.write(part)  # drains: at most one chunk is buffered at a time
-            pad -= len(part)
-        await response.write(tail)
-        await response.write_eof()
-    return response
