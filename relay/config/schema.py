@@ -12,6 +12,7 @@ through the same strings as everything else, so no value is ever echoed back.
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import os
 import re
@@ -19,7 +20,7 @@ from collections.abc import Mapping
 from contextvars import ContextVar
 from datetime import datetime
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import phonenumbers
@@ -529,16 +530,39 @@ class Settings(BaseSettings):
         ]
 
     def secret_values(self) -> list[str]:
-        """Every secret string in the config, for log redaction and leak tests."""
+        """Every secret string in the config, for log redaction and leak tests.
+
+        Besides the values configured as secrets: each signing key without its ``whsec_`` /
+        ``whsk_`` prefix, the password of every URL (state, upstream, subscribers) as written and
+        percent-decoded, and the Basic-auth token a URL's credentials become on the wire.
+        """
         values = [a.api_key.get_secret_value() for a in self.upstream.accounts]
         for sub in self.subscribers:
-            values.extend(payload.secret_texts(sub.secret))  # every key of a rotation list
+            for key in payload.secret_texts(sub.secret):  # every key of a rotation list
+                values += [key, key.removeprefix("whsec_").removeprefix("whsk_")]
             values.extend(sub.headers.values())
+            values.extend(url_secrets(sub.url))
         if self.admin.token is not None:
             values.append(self.admin.token.get_secret_value())
+        values.extend(url_secrets(self.upstream.base_url))
         if "://" in self.state:
-            values.append(urlsplit(self.state).password or "")
+            values.extend(url_secrets(self.state))
         return [v for v in dict.fromkeys(values) if v]
+
+
+def url_secrets(url: str) -> list[str]:
+    """The secret parts of a URL: its password (as written and decoded) and the Basic-auth
+    token ``base64(user:password)`` that a client sends for it. Empty without credentials."""
+    try:
+        parts = urlsplit(url)
+        username, password = parts.username, parts.password
+    except ValueError:
+        return []
+    if password is None:
+        return []
+    userinfo = f"{unquote(username or '')}:{unquote(password)}"
+    token = base64.b64encode(userinfo.encode("utf-8")).decode("ascii")
+    return [password, unquote(password), token]
 
 
 # -- loading ------------------------------------------------------------------------------------
