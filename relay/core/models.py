@@ -5,6 +5,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from relay.core.text import escape_controls
+
 
 @dataclass(frozen=True, slots=True)
 class CallRecord:
@@ -104,13 +106,24 @@ class Outcome(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class Attempt:
-    """The record of one HTTP attempt."""
+    """The record of one HTTP attempt.
+
+    ``error`` and ``response`` (the receiver's answer, capped) come from outside and are stored,
+    logged and listed: control characters in them are escaped here, once, whoever built the
+    attempt (see :func:`relay.core.text.escape_controls`).
+    """
 
     at: float
     status: int | None
     error: str | None
     latency_ms: float
     response: str
+
+    def __post_init__(self) -> None:
+        # Frozen: the escaped texts replace the given ones before anyone can see them.
+        if self.error is not None:
+            object.__setattr__(self, "error", escape_controls(self.error))
+        object.__setattr__(self, "response", escape_controls(self.response))
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,7 @@ from ijson.backends import yajl2_c as ijson  # type: ignore[import-untyped]
 from ijson.common import JSONError  # type: ignore[import-untyped]
 
 from relay.core.errors import MalformedResponse, RelayError
+from relay.core.text import escape_controls
 
 _EXCERPT = 200  # characters of an error body worth putting in a log line
 # An integer of 20+ digits may exceed 64 bits, which orjson would silently read as a float.
@@ -260,8 +261,10 @@ def _outline(body: bytes, *, stop_at_records: bool) -> _Outline | None:
 
 
 def excerpt(body: bytes) -> str:
-    text = body[:_EXCERPT].decode("utf-8", "replace").replace("\n", " ").strip()
-    return text or "(empty body)"
+    """The start of an error body for a log line or status: control characters escaped, so a
+    ``\\r`` or an ANSI escape in it cannot forge a line or drive a terminal."""
+    text = body[:_EXCERPT].decode("utf-8", "replace").strip()
+    return escape_controls(text) or "(empty body)"
 
 
 def parse_200(content_type: str, body: bytes) -> FetchResult | StreamedBody:

@@ -19,7 +19,7 @@ from urllib.parse import quote
 
 import orjson
 
-from relay.core.text import mask_credentials
+from relay.core.text import escape_controls, mask_credentials
 
 # The structured fields we print, in this order, when a record carries them.
 FIELDS = (
@@ -106,7 +106,9 @@ def _identity(text: str) -> str:
 class TextFormatter(logging.Formatter):
     """``2026-11-29 08:40:13.123 INFO  relay.delivery.claimer delivered account=main rid=7 …``
 
-    Every part is redacted on its own, before it is joined into the line.
+    Every part is redacted on its own, before it is joined into the line, and its control
+    characters are escaped: one record is one line (plus its traceback), whatever an upstream
+    or a receiver put in the text, and no ANSI escape reaches a terminal.
     """
 
     def __init__(self, redact: Callable[[str], str] = _identity) -> None:
@@ -118,14 +120,19 @@ class TextFormatter(logging.Formatter):
         redact = self._redact
         stamp = self._stamp(record.created)
         line = f"{stamp}.{int(record.msecs):03d} {record.levelname:<7} {record.name} "
-        line += redact(record.getMessage())
+        line += escape_controls(redact(record.getMessage()))
         for key, value in _fields(record).items():
-            line += f" {key}={redact(str(value))}"
+            line += f" {key}={escape_controls(redact(str(value)))}"
         if record.exc_info:
-            line += "\n" + redact(self.formatException(record.exc_info))
+            line += "\n" + _escape_block(redact(self.formatException(record.exc_info)))
         if record.stack_info:
-            line += "\n" + redact(self.formatStack(record.stack_info))
+            line += "\n" + _escape_block(redact(self.formatStack(record.stack_info)))
         return line
+
+
+def _escape_block(text: str) -> str:
+    """A traceback keeps its lines; every other control character in it is escaped."""
+    return "\n".join(escape_controls(line) for line in text.split("\n"))
 
 
 class JsonFormatter(logging.Formatter):

@@ -1,0 +1,127 @@
+"""Issue 8 §3 findings against a real relay, the simulated WebFones and a local receiver:
+control characters in outside text (#14), non-finite numbers (#9), quarantine across restarts
+(#7)."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from relay.core.status import RelayStatus
+from relay.ops.logs import TextFormatter
+from relay.sim.receiver import Receiver, Reply
+from relay.sim.simulator import Fault, SimulatedWebFones
+from tests.helpers import (
+    KEY_A,
+    Sub,
+    ago,
+    make_settings,
+    new_secret,
+    running,
+    sqlite_rows,
+    wait_until_async,
+)
+
+ReceiverFactory = Callable[..., Awaitable[tuple[Receiver, str]]]
+CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # any control character but \t and \n
+FORGED = (
+    b"boom\r\n2026-01-01 00:00:00.000 INFO  relay.delivery.claimer delivered\x1b[2J\x1b]0;x\x07"
+)
+
+
+def text_lines(records: list[logging.LogRecord]) -> list[str]:
+    formatter = TextFormatter()
+    return [formatter.format(r) for r in records]
+
+
+async def test_control_characters_of_an_upstream_error_are_escaped(
+    sim: SimulatedWebFones,
+    receiver_factory: ReceiverFactory,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    _, url = await receiver_factory()
+    settings = make_settings(tmp_path, sim.url, [Sub("crm", url, new_secret())])
+    async with running(settings) as relay:
+        assert relay.supervisor is not None
+        sim.fail_next(Fault.raw(500, "text/plain", FORGED), key=KEY_A)
+
+        async def failed() -> bool:
+            assert relay.supervisor is not None
+            account = (await relay.supervisor.store.stats()).accounts.get("alpha")
+            return account is not None and "boom" in (account.error or "")
+
+        await wait_until_async(failed, timeout=60)
+        status = (await relay.supervisor.status()).to_dict()
+    problems = [r for r in caplog.records if "poll failed" in r.getMessage()]
+    assert problems
+    for line in text_lines(problems):
+        assert "\n" not in line and not CONTROL.search(line), line
+        assert "boom\\r\\n2026-01-01" in line and "\\x1b[2J" in line
+    error = status["accounts"]["alpha"]["error"]
+    assert not CONTROL.search(error) and "\n" not in error
+
+
+async def test_control_characters_of_a_receiver_answer_are_escaped(
+    sim: SimulatedWebFones,
+    receiver_factory: ReceiverFactory,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    rx, url = await receiver_factory()
+    rx.set_default(Reply.status(500, body=FORGED))
+    sub = Sub("crm", url, new_secret(), {"retry": ["50ms"], "retry_on_4xx": False})
+    settings = make_settings(tmp_path, sim.url, [sub])
+    sim.add_record(KEY_A, started_at=ago(30))
+    async with running(settings) as relay:
+        assert relay.supervisor is not None
+
+        async def dead() -> bool:
+            assert relay.supervisor is not None
+            return bool(await relay.supervisor.store.dead_letters(None, 10))
+
+        await wait_until_async(dead, timeout=60)
+    stored = sqlite_rows(settings.state, "SELECT response, error FROM attempts")
+    assert stored
+    for response, error in stored:
+        assert "boom\\r\\n2026" in response and "\\x1b[2J" in response
+        for text in (response, error or ""):
+            assert not CONTROL.search(text) and "\n" not in text
+    for line in text_lines([r for r in caplog.records if r.name.startswith("relay")]):
+        assert not CONTROL.search(line), line
+
+
+@pytest.mark.parametrize(
+    ("message", "fields"),
+    [
+        ("upstream said %s", {"error": "x\r\x1b[31m"}),
+        ("line one\nINFO forged %s", {}),
+        ("bidi %s", {"subscriber": "\u202eevil"}),
+    ],
+)
+def test_text_log_lines_escape_control_characters(message: str, fields: dict[str, str]) -> None:
+    record = logging.LogRecord(
+        "relay.test", logging.WARNING, __file__, 1, message, ("\x1b[2J",), None
+    )
+    record.__dict__.update(fields)
+    line = TextFormatter().format(record)
+    assert "\n" not in line and not CONTROL.search(line) and "\u202e" not in line
+    assert "\\x1b[2J" in line
+
+
+def test_status_model_escapes_stored_error_texts() -> None:
+    from relay.core.status import AccountState, QueueCounts, StoreStats
+
+    stats = StoreStats(
+        accounts={"a": AccountState(error="500 \x1b[2J\r\nforged")},
+        subscribers={"s": QueueCounts(disabled="410 \x1b]0;t\x07")},
+    )
+    doc = RelayStatus(store=stats).to_dict()
+    assert doc["accounts"]["a"]["error"] == "500 \\x1b[2J\\r\\nforged"
+    assert doc["subscribers"]["s"]["disabled"] == "410 \\x1b]0;t\\x07"
