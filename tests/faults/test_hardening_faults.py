@@ -4,11 +4,13 @@ control characters in outside text (#14), non-finite numbers (#9), quarantine ac
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import orjson
 import pytest
 
 from relay.core.status import RelayStatus
@@ -23,6 +25,7 @@ from tests.helpers import (
     new_secret,
     running,
     sqlite_rows,
+    verify_all,
     wait_until_async,
 )
 
@@ -125,3 +128,56 @@ def test_status_model_escapes_stored_error_texts() -> None:
     doc = RelayStatus(store=stats).to_dict()
     assert doc["accounts"]["a"]["error"] == "500 \\x1b[2J\\r\\nforged"
     assert doc["subscribers"]["s"]["disabled"] == "410 \\x1b]0;t\\x07"
+
+
+# -- #9: a number beyond double range is kept aside, never sent as null or Infinity ------------
+
+
+def raw_body(sim: SimulatedWebFones, bad: bytes, padding: int) -> bytes:
+    """The simulator's answer with one record text spliced in; ``padding`` bytes of filler in
+    another record make it large enough to be streamed."""
+    records = [orjson.dumps(r) for r in sim.records(KEY_A)]
+    filler = orjson.dumps(
+        {"rid": 9_000_001, "call_timestamp": "2000-01-01 00:00:00", "pad": "x" * padding}
+    )
+    items = b",".join([*records, bad, filler])
+    return b'{"success":true,"count":%d,"records":[%s]}' % (len(records) + 2, items)
+
+
+@pytest.mark.parametrize("padding", [0, 2 * 1024 * 1024], ids=["whole-body", "streamed"])
+async def test_a_record_with_1e999_is_quarantined_and_never_sent(
+    sim: SimulatedWebFones, receiver_factory: ReceiverFactory, tmp_path: Path, padding: int
+) -> None:
+    rx, url = await receiver_factory()
+    secret = new_secret()
+    settings = make_settings(tmp_path, sim.url, [Sub("crm", url, secret)])
+    made = [sim.add_record(KEY_A, started_at=ago(40))]
+    stamp = made[0]["call_timestamp"]
+    # dur overflows a double; the 20-digit integer in the same body sent it through the
+    # standard library's encoder, which wrote Infinity.
+    bad = (
+        b'{"rid":8000001,"call_timestamp":"%s","dur":1e999,"uniqueid":12345678901234567890}'
+        % stamp.encode()
+    )
+    async with running(settings) as relay:
+        assert relay.supervisor is not None
+        await rx.wait_count(1, timeout=60)
+        sim.fail_next(Fault.raw(200, "application/json", raw_body(sim, bad, padding)), key=KEY_A)
+
+        async def kept_aside() -> bool:
+            assert relay.supervisor is not None
+            return (await relay.supervisor.store.stats()).quarantined >= 1
+
+        await wait_until_async(kept_aside, timeout=120)
+        made.append(sim.add_record(KEY_A, started_at=ago(20)))
+        await rx.wait_count(3, timeout=60)  # the two records and the filler
+    docs = verify_all(rx.requests, secret)
+    for request in rx.requests:
+        json.loads(request.body, parse_constant=_refuse)  # strictly valid JSON
+    assert sorted(d["data"]["rid"] for d in docs) == sorted([r["rid"] for r in made] + [9_000_001])
+    [(raw, reason)] = sqlite_rows(settings.state, "SELECT raw, reason FROM quarantine")
+    assert b'"dur":1e999' in raw and "not a finite" in reason
+
+
+def _refuse(name: str) -> None:
+    raise AssertionError(f"{name} in a webhook body")
