@@ -196,6 +196,9 @@ class RateLimitSettings(_Section):
     per: PositiveDuration = 900.0
 
 
+DEFAULT_RECENT_WINDOW = 600.0
+
+
 class UpstreamSettings(_Section):
     """Where and how the WebFones call-log API is polled."""
 
@@ -203,7 +206,7 @@ class UpstreamSettings(_Section):
     timezone: str = "UTC"
     poll_interval: PositiveDuration = 5.0
     lookback: PositiveDuration = 7200.0
-    recent_window: PositiveDuration = 600.0
+    recent_window: PositiveDuration = DEFAULT_RECENT_WINDOW  # or lookback, if that is shorter
     sweep_interval: PositiveDuration = 300.0
     start_from: str = "now"
     rate_limit: RateLimitSettings = Field(default_factory=RateLimitSettings)
@@ -257,7 +260,12 @@ class UpstreamSettings(_Section):
 
     @model_validator(mode="after")
     def _check_windows(self) -> UpstreamSettings:
-        if self.recent_window > self.lookback:
+        # A default derived from another setting follows it: recent_window is "10m, or the whole
+        # lookback if that is shorter". Only a recent_window the user wrote can be wrong here.
+        if "recent_window" not in self.model_fields_set:
+            # Frozen model, and this runs inside its own validation: set the field directly.
+            object.__setattr__(self, "recent_window", min(DEFAULT_RECENT_WINDOW, self.lookback))
+        elif self.recent_window > self.lookback:
             limit = format_duration(self.lookback)
             raise _Problems([(("recent_window",), f"must not exceed lookback ({limit})")])
         return self
