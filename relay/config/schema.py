@@ -370,6 +370,9 @@ class DeliverySettings(_Section):
     lease_margin: PositiveDuration = 30.0
     response_cap: int = Field(default=4096, ge=0, le=1024 * 1024)
     retention: PositiveDuration = 7 * 86400.0
+    dead_letter_retention: PositiveDuration = 30 * 86400.0
+    quarantine_retention: PositiveDuration = 30 * 86400.0
+    orphan_retention: PositiveDuration = 7 * 86400.0
     batch_size: int = Field(default=256, ge=1, le=10000)
 
 

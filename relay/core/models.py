@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import hashlib
 from dataclasses import dataclass, field
 
 from relay.core.text import escape_controls
@@ -27,10 +28,36 @@ class CallRecord:
 
 @dataclass(frozen=True, slots=True)
 class Quarantined:
-    """A record that could not be accepted (no usable rid or call_timestamp), kept with why."""
+    """A record that could not be accepted (no usable rid or call_timestamp), kept with why.
+
+    Kept once per account and content: the same bytes served again (every poll, after every
+    restart) only update when they were last seen (see :func:`quarantine_digest`).
+    """
 
     raw: bytes
     reason: str
+
+
+def quarantine_digest(account: str, raw: bytes) -> bytes:
+    """The identity of a quarantined record: SHA-256 of the account, a NUL and the raw bytes.
+
+    SHA-256 because PostgreSQL computes the same in SQL (``sha256()``) when it migrates rows
+    kept before the digest existed.
+    """
+    return hashlib.sha256(account.encode("utf-8") + b"\0" + raw).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class Orphan:
+    """A subscriber that still has deliveries in the store but is no longer configured.
+
+    ``since`` is when maintenance first found it so; its deliveries are kept until ``since``
+    plus ``delivery.orphan_retention`` (configured again before then, it resumes them).
+    """
+
+    subscriber: str
+    since: float
+    deliveries: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,6 +31,8 @@ class QueueCounts:
     dead: int = 0
     oldest_pending_at: float | None = None
     disabled: str | None = None
+    # No longer configured since then: its deliveries are purged after delivery.orphan_retention.
+    orphaned_since: float | None = None
 
 
 @dataclass(slots=True)

@@ -13,10 +13,12 @@ from pathlib import Path
 import orjson
 import pytest
 
+from relay.core.models import Attempt, CallRecord, Finished, IngestBatch, Outcome
 from relay.core.status import RelayStatus
 from relay.ops.logs import TextFormatter
 from relay.sim.receiver import Receiver, Reply
 from relay.sim.simulator import Fault, SimulatedWebFones
+from relay.store.sqlite.store import SqliteStore
 from tests.helpers import (
     KEY_A,
     Sub,
@@ -28,6 +30,7 @@ from tests.helpers import (
     verify_all,
     wait_until_async,
 )
+from tests.store.builders import opened
 
 ReceiverFactory = Callable[..., Awaitable[tuple[Receiver, str]]]
 CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # any control character but \t and \n
@@ -181,3 +184,105 @@ async def test_a_record_with_1e999_is_quarantined_and_never_sent(
 
 def _refuse(name: str) -> None:
     raise AssertionError(f"{name} in a webhook body")
+
+
+# -- #8: maintenance runs soon after start and applies every retention ----------------------------
+
+
+async def seed_old_state(path: Path) -> None:
+    """A state file left by an earlier run, decades ago: a dead letter, and deliveries of a
+    subscriber that has since been removed from the config."""
+    async with opened(SqliteStore(str(path))) as s:
+        await s.ingest(
+            IngestBatch(
+                "alpha",
+                [CallRecord(1, "2000-01-01 00:00:00", b"{}")],
+                ["crm", "removed"],
+                1_000.0,
+                None,
+            )
+        )
+        [d] = await s.claim("crm", 1, 1_000.0, 30.0)
+        attempt = Attempt(at=2_000.0, status=500, error="HTTP 500", latency_ms=1.0, response="")
+        await s.finish([Finished(d.id, attempt, Outcome.DEAD)])
+
+
+async def test_first_maintenance_pass_runs_soon_after_start(
+    sim: SimulatedWebFones,
+    receiver_factory: ReceiverFactory,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from relay.runtime import maintenance
+
+    assert maintenance.FIRST_AFTER <= 60 < maintenance.EVERY  # the defaults: soon, then rarely
+    monkeypatch.setattr(maintenance, "FIRST_AFTER", 0.05)  # "soon", without a 30 s test
+    caplog.set_level(logging.INFO)
+    _, url = await receiver_factory()
+    settings = make_settings(tmp_path, sim.url, [Sub("crm", url, new_secret())])
+    await seed_old_state(Path(settings.state))
+    async with running(settings) as relay:
+        assert relay.supervisor is not None
+        store = relay.supervisor.store
+
+        async def pruned() -> bool:
+            return not await store.dead_letters(None, 10)
+
+        await wait_until_async(pruned, timeout=60)
+        status = (await relay.supervisor.status()).to_dict()
+    # Counted from when it was first found (now): kept and reported, not purged yet.
+    assert status["subscribers"]["removed"]["pending"] == 1
+    lines = [r.getMessage() for r in caplog.records if r.name == "relay.runtime.maintenance"]
+    assert any("removed is no longer configured" in line for line in lines), lines
+    assert any("dead letters past dead_letter_retention" in line for line in lines), lines
+
+
+async def test_orphans_are_reported_in_status_until_their_retention(
+    sim: SimulatedWebFones,
+    receiver_factory: ReceiverFactory,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from relay.runtime import maintenance
+
+    monkeypatch.setattr(maintenance, "FIRST_AFTER", 0.05)
+    _, url = await receiver_factory()
+    settings = make_settings(tmp_path, sim.url, [Sub("crm", url, new_secret())])
+    await seed_old_state(Path(settings.state))
+    async with running(settings) as relay:
+        assert relay.supervisor is not None
+        supervisor = relay.supervisor
+
+        async def reported() -> bool:
+            queue = (await supervisor.status()).to_dict()["subscribers"].get("removed", {})
+            return queue.get("orphaned_since") is not None
+
+        await wait_until_async(reported, timeout=60)
+        queue = (await supervisor.status()).to_dict()["subscribers"]["removed"]
+    assert queue["pending"] == 1  # kept: orphan_retention (7d) counts from now
+
+
+# -- #7: a bad record the upstream keeps serving is quarantined once, restart after restart -------
+
+
+async def test_a_bad_record_is_quarantined_once_across_restarts(
+    sim: SimulatedWebFones, receiver_factory: ReceiverFactory, tmp_path: Path
+) -> None:
+    _, url = await receiver_factory()
+    settings = make_settings(tmp_path, sim.url, [Sub("crm", url, new_secret())])
+    sim.add_raw(KEY_A, {"rid": "R-17", "call_timestamp": sim.format_ts(ago(30))})
+    for _ in range(3):
+        async with running(settings) as relay:
+            assert relay.supervisor is not None
+            store = relay.supervisor.store
+            polls = relay.supervisor.pollers[0].polls
+
+            async def polled_again(before: int = polls) -> bool:
+                assert relay.supervisor is not None
+                return relay.supervisor.pollers[0].polls >= before + 3
+
+            await wait_until_async(polled_again, timeout=60)
+            assert (await store.stats()).quarantined == 1
+    [(times,)] = sqlite_rows(settings.state, "SELECT times FROM quarantine")
+    assert times >= 3  # seen again on every run, kept once

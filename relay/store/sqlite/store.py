@@ -40,11 +40,13 @@ from relay.core.models import (
     Finished,
     IngestBatch,
     IngestResult,
+    Orphan,
     StoredRecord,
 )
 from relay.core.status import StoreStats
 from relay.store.base import Store
 from relay.store.bodies import BodyCache
+from relay.store.sqlite import retention
 from relay.store.sqlite import sql as q
 from relay.store.sqlite.single import SingleOwnerMixin
 
@@ -248,6 +250,30 @@ class SqliteStore(SingleOwnerMixin, Store):
 
     async def stats(self) -> StoreStats:
         return await self._run("stats", q.stats)
+
+    # -- retention: one chunk per job, so claims and finishes interleave ------------------------
+
+    async def prune_dead(self, before: float) -> int:
+        return await self._chunked("prune dead letters", retention.prune_dead_chunk, before)
+
+    async def prune_quarantine(self, before: float) -> int:
+        return await self._chunked("prune quarantine", retention.prune_quarantine_chunk, before)
+
+    async def find_orphans(self, configured: Sequence[str], now: float) -> list[Orphan]:
+        return await self._run("find orphans", retention.find_orphans, list(configured), now)
+
+    async def purge_orphans(self, before: float) -> int:
+        return await self._chunked("purge orphans", retention.purge_orphans_chunk, before)
+
+    async def _chunked(
+        self, op: str, chunk: Callable[[sqlite3.Connection, float], int], before: float
+    ) -> int:
+        total = 0
+        while True:
+            done = await self._run(op, chunk, before)
+            total += done
+            if done < retention.CHUNK:
+                return total
 
     # -- claims held past their lease (the rest of the multi-instance part: single.py) ---------
 
