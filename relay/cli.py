@@ -20,6 +20,7 @@ from relay import __version__
 from relay.config.schema import Settings, load_settings
 from relay.core.errors import ConfigError, RelayError, StoreError
 from relay.core.status import RelayStatus
+from relay.core.text import mask_credentials
 from relay.ops.logs import setup_logging
 
 log = logging.getLogger("relay")
@@ -126,7 +127,7 @@ def _check_config(settings: Settings) -> int:
     subs = [s for s in settings.subscribers if s.enabled]
     print(
         f"config OK: {len(settings.upstream.accounts)} account(s), {len(subs)} subscriber(s), "
-        f"state {settings.state}"
+        f"state {mask_credentials(settings.state)}"
     )
     return EXIT_OK
 
@@ -210,7 +211,8 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
         with asyncio.Runner(loop_factory=loop_factory()) as runner:
             runner.run(go())
     except StoreError as exc:
-        log.error("cannot use state %s: %s", settings.state, exc)
+        state = mask_credentials(settings.state)
+        log.error("cannot use state %s: %s", state, mask_credentials(str(exc)))
         return EXIT_FAILURE
     except RelayError as exc:
         log.error("%s", exc)
@@ -242,7 +244,11 @@ def _offline(settings: Settings, args: argparse.Namespace) -> int:
     try:
         result = asyncio.run(go())
     except StoreError as exc:
-        print(f"state {settings.state}: {exc}", file=sys.stderr)
+        # A driver's message may quote the URL it could not use, password included.
+        print(
+            f"state {mask_credentials(settings.state)}: {mask_credentials(str(exc))}",
+            file=sys.stderr,
+        )
         return EXIT_FAILURE
     sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
     return EXIT_OK

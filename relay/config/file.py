@@ -1,8 +1,9 @@
 """Reading the configuration file: strict YAML and ``${NAME}`` references.
 
 Kept apart from the schema (:mod:`relay.config.schema`) because it is about text, not settings: a
-loader that reports duplicate keys and reads YAML 1.2 scalars, and an expansion of environment
-references that names the key of every unset variable. No message quotes a value.
+loader that reports duplicate keys, reads YAML 1.2 scalars and bounds what aliases expand to,
+and an expansion of environment references that names the key of every unset variable. No
+message quotes a value.
 """
 
 from __future__ import annotations
@@ -39,7 +40,9 @@ def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     except UnicodeDecodeError:
         raise ConfigError([f"config: cannot read {os.fspath(path)}: not UTF-8 text"]) from None
     try:
-        data = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass
+        data = _load(text)
+    except RecursionError:
+        raise ConfigError(["config: invalid YAML: nested too deeply"]) from None
     except yaml.YAMLError as exc:
         # Only the problem and the line: PyYAML's full text quotes the offending line, which
         # may hold a secret.
@@ -52,6 +55,69 @@ def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(["config: the top level must be a mapping of keys"])
     return data
+
+
+# Aliases may repeat parts of the document: a config may grow through them to this many values,
+# or to ALIAS_GROWTH times the values written, whichever is more. A "billion laughs" file of a
+# few hundred bytes would otherwise expand to hundreds of millions.
+MAX_VALUES = 100_000
+ALIAS_GROWTH = 10
+MAX_DEPTH = 64
+
+
+def _load(text: str) -> Any:
+    """Compose the YAML graph, bound what its aliases expand to, then build the data."""
+    loader = _StrictLoader(text)  # a SafeLoader subclass
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_expansion(node)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    """ConfigError if the document, with every alias expanded, has more values than allowed,
+    nests deeper than MAX_DEPTH, or refers to itself. Linear in the nodes as written: each
+    distinct node's expanded size is computed once."""
+    size: dict[int, int] = {}
+    depth: dict[int, int] = {}
+    ancestors: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, finished = stack.pop()
+        key = id(node)
+        if finished:
+            children = _children(node)
+            size[key] = 1 + sum(size[id(c)] for c in children)
+            depth[key] = 1 + max((depth[id(c)] for c in children), default=0)
+            ancestors.discard(key)
+            continue
+        if key in size:
+            continue  # an alias of a node already measured
+        if key in ancestors:
+            raise ConfigError(["config: invalid YAML: an alias refers to a node that contains it"])
+        ancestors.add(key)
+        stack.append((node, True))
+        stack.extend((child, False) for child in _children(node) if id(child) not in size)
+    written = len(size)
+    limit = max(MAX_VALUES, ALIAS_GROWTH * written)
+    if size[id(root)] > limit:
+        raise ConfigError(
+            [f"config: invalid YAML: aliases expand the document to more than {limit} values"]
+        )
+    if depth[id(root)] > MAX_DEPTH:
+        raise ConfigError([f"config: invalid YAML: nested more than {MAX_DEPTH} levels deep"])
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
 
 
 class _StrictLoader(yaml.SafeLoader):

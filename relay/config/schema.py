@@ -12,6 +12,7 @@ through the same strings as everything else, so no value is ever echoed back.
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import os
 import re
@@ -19,7 +20,7 @@ from collections.abc import Mapping
 from contextvars import ContextVar
 from datetime import datetime
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import phonenumbers
@@ -195,6 +196,9 @@ class RateLimitSettings(_Section):
     per: PositiveDuration = 900.0
 
 
+DEFAULT_RECENT_WINDOW = 600.0
+
+
 class UpstreamSettings(_Section):
     """Where and how the WebFones call-log API is polled."""
 
@@ -202,7 +206,7 @@ class UpstreamSettings(_Section):
     timezone: str = "UTC"
     poll_interval: PositiveDuration = 5.0
     lookback: PositiveDuration = 7200.0
-    recent_window: PositiveDuration = 600.0
+    recent_window: PositiveDuration = DEFAULT_RECENT_WINDOW  # or lookback, if that is shorter
     sweep_interval: PositiveDuration = 300.0
     start_from: str = "now"
     rate_limit: RateLimitSettings = Field(default_factory=RateLimitSettings)
@@ -256,7 +260,12 @@ class UpstreamSettings(_Section):
 
     @model_validator(mode="after")
     def _check_windows(self) -> UpstreamSettings:
-        if self.recent_window > self.lookback:
+        # A default derived from another setting follows it: recent_window is "10m, or the whole
+        # lookback if that is shorter". Only a recent_window the user wrote can be wrong here.
+        if "recent_window" not in self.model_fields_set:
+            # Frozen model, and this runs inside its own validation: set the field directly.
+            object.__setattr__(self, "recent_window", min(DEFAULT_RECENT_WINDOW, self.lookback))
+        elif self.recent_window > self.lookback:
             limit = format_duration(self.lookback)
             raise _Problems([(("recent_window",), f"must not exceed lookback ({limit})")])
         return self
@@ -361,6 +370,9 @@ class DeliverySettings(_Section):
     lease_margin: PositiveDuration = 30.0
     response_cap: int = Field(default=4096, ge=0, le=1024 * 1024)
     retention: PositiveDuration = 7 * 86400.0
+    dead_letter_retention: PositiveDuration = 30 * 86400.0
+    quarantine_retention: PositiveDuration = 30 * 86400.0
+    orphan_retention: PositiveDuration = 7 * 86400.0
     batch_size: int = Field(default=256, ge=1, le=10000)
 
 
@@ -529,16 +541,39 @@ class Settings(BaseSettings):
         ]
 
     def secret_values(self) -> list[str]:
-        """Every secret string in the config, for log redaction and leak tests."""
+        """Every secret string in the config, for log redaction and leak tests.
+
+        Besides the values configured as secrets: each signing key without its ``whsec_`` /
+        ``whsk_`` prefix, the password of every URL (state, upstream, subscribers) as written and
+        percent-decoded, and the Basic-auth token a URL's credentials become on the wire.
+        """
         values = [a.api_key.get_secret_value() for a in self.upstream.accounts]
         for sub in self.subscribers:
-            values.extend(payload.secret_texts(sub.secret))  # every key of a rotation list
+            for key in payload.secret_texts(sub.secret):  # every key of a rotation list
+                values += [key, key.removeprefix("whsec_").removeprefix("whsk_")]
             values.extend(sub.headers.values())
+            values.extend(url_secrets(sub.url))
         if self.admin.token is not None:
             values.append(self.admin.token.get_secret_value())
+        values.extend(url_secrets(self.upstream.base_url))
         if "://" in self.state:
-            values.append(urlsplit(self.state).password or "")
+            values.extend(url_secrets(self.state))
         return [v for v in dict.fromkeys(values) if v]
+
+
+def url_secrets(url: str) -> list[str]:
+    """The secret parts of a URL: its password (as written and decoded) and the Basic-auth
+    token ``base64(user:password)`` that a client sends for it. Empty without credentials."""
+    try:
+        parts = urlsplit(url)
+        username, password = parts.username, parts.password
+    except ValueError:
+        return []
+    if password is None:
+        return []
+    userinfo = f"{unquote(username or '')}:{unquote(password)}"
+    token = base64.b64encode(userinfo.encode("utf-8")).decode("ascii")
+    return [password, unquote(password), token]
 
 
 # -- loading ------------------------------------------------------------------------------------

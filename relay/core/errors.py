@@ -83,3 +83,8 @@ class RenderError(RelayError):
 class TemplateCompileError(RenderError, ValueError):
     """A subscriber's ``format``/``template`` is invalid: it does not compile or fails on the
     sample record. The message is one line and starts with the configuration key."""
+
+
+class NonFiniteNumber(RelayError, ValueError):
+    """A record holds NaN or an infinity, which JSON cannot carry: it is kept aside, never sent
+    (orjson would write ``null``, the standard library the invalid ``Infinity``)."""

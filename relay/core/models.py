@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import enum
+import hashlib
 from dataclasses import dataclass, field
+
+from relay.core.text import escape_controls
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,10 +28,36 @@ class CallRecord:
 
 @dataclass(frozen=True, slots=True)
 class Quarantined:
-    """A record that could not be accepted (no usable rid or call_timestamp), kept with why."""
+    """A record that could not be accepted (no usable rid or call_timestamp), kept with why.
+
+    Kept once per account and content: the same bytes served again (every poll, after every
+    restart) only update when they were last seen (see :func:`quarantine_digest`).
+    """
 
     raw: bytes
     reason: str
+
+
+def quarantine_digest(account: str, raw: bytes) -> bytes:
+    """The identity of a quarantined record: SHA-256 of the account, a NUL and the raw bytes.
+
+    SHA-256 because PostgreSQL computes the same in SQL (``sha256()``) when it migrates rows
+    kept before the digest existed.
+    """
+    return hashlib.sha256(account.encode("utf-8") + b"\0" + raw).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class Orphan:
+    """A subscriber that still has deliveries in the store but is no longer configured.
+
+    ``since`` is when maintenance first found it so; its deliveries are kept until ``since``
+    plus ``delivery.orphan_retention`` (configured again before then, it resumes them).
+    """
+
+    subscriber: str
+    since: float
+    deliveries: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,13 +133,24 @@ class Outcome(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class Attempt:
-    """The record of one HTTP attempt."""
+    """The record of one HTTP attempt.
+
+    ``error`` and ``response`` (the receiver's answer, capped) come from outside and are stored,
+    logged and listed: control characters in them are escaped here, once, whoever built the
+    attempt (see :func:`relay.core.text.escape_controls`).
+    """
 
     at: float
     status: int | None
     error: str | None
     latency_ms: float
     response: str
+
+    def __post_init__(self) -> None:
+        # Frozen: the escaped texts replace the given ones before anyone can see them.
+        if self.error is not None:
+            object.__setattr__(self, "error", escape_controls(self.error))
+        object.__setattr__(self, "response", escape_controls(self.response))
 
 
 @dataclass(frozen=True, slots=True)

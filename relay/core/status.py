@@ -8,6 +8,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from relay.core.text import escape_controls, mask_credentials
+
 
 @dataclass(slots=True)
 class AccountState:
@@ -29,6 +31,8 @@ class QueueCounts:
     dead: int = 0
     oldest_pending_at: float | None = None
     disabled: str | None = None
+    # No longer configured since then: its deliveries are purged after delivery.orphan_retention.
+    orphaned_since: float | None = None
 
 
 @dataclass(slots=True)
@@ -67,7 +71,17 @@ class RelayStatus:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready form (the admin API's and ``relay status``'s output)."""
         doc = dataclasses.asdict(self.store)
+        # Error texts come from outside (an upstream's error page, a driver's message): shown
+        # with credentials masked and control characters escaped, whatever wrote them.
+        for account in doc["accounts"].values():
+            account["error"] = _safe(account["error"])
+        for queue in doc["subscribers"].values():
+            queue["disabled"] = _safe(queue["disabled"])
         doc["running"] = self.running
         doc["pollers"] = {name: dataclasses.asdict(p) for name, p in self.pollers.items()}
         doc["dispatchers"] = {name: dataclasses.asdict(d) for name, d in self.dispatchers.items()}
         return doc
+
+
+def _safe(text: str | None) -> str | None:
+    return None if text is None else escape_controls(mask_credentials(text))

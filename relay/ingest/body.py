@@ -11,6 +11,7 @@ slice of its records exists as Python objects at once.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from ijson.backends import yajl2_c as ijson  # type: ignore[import-untyped]
 from ijson.common import JSONError  # type: ignore[import-untyped]
 
 from relay.core.errors import MalformedResponse, RelayError
+from relay.core.text import escape_controls
 
 _EXCERPT = 200  # characters of an error body worth putting in a log line
 # An integer of 20+ digits may exceed 64 bits, which orjson would silently read as a float.
@@ -76,6 +78,9 @@ class FetchResult:
     records: list[Any]
     count: int | None
     nbytes: int
+    # Records refused by the parser itself, each with why (see NON_FINITE): kept aside, not
+    # delivered, and counted as received.
+    rejected: list[tuple[Any, str]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -260,8 +265,10 @@ def _outline(body: bytes, *, stop_at_records: bool) -> _Outline | None:
 
 
 def excerpt(body: bytes) -> str:
-    text = body[:_EXCERPT].decode("utf-8", "replace").replace("\n", " ").strip()
-    return text or "(empty body)"
+    """The start of an error body for a log line or status: control characters escaped, so a
+    ``\\r`` or an ANSI escape in it cannot forge a line or drive a terminal."""
+    text = body[:_EXCERPT].decode("utf-8", "replace").strip()
+    return escape_controls(text) or "(empty body)"
 
 
 def parse_200(content_type: str, body: bytes) -> FetchResult | StreamedBody:
@@ -278,7 +285,8 @@ def parse_body(content_type: str, body: bytes) -> FetchResult:
             f"expected JSON, got content type {content_type or 'none'!r}: {excerpt(body)}",
             status=200,
         )
-    doc = _loads(body)
+    guard = _FiniteFloats()
+    doc = _loads(body, guard)
     if not isinstance(doc, dict):
         raise MalformedResponse("body is not a JSON object", status=200)
     if doc.get("success") is not True:
@@ -290,21 +298,66 @@ def parse_body(content_type: str, body: bytes) -> FetchResult:
     if not isinstance(records, list):
         raise MalformedResponse(f"records is {_json_repr(doc, 'records')}, not a list", status=200)
     count = doc.get("count")
+    rejected: list[tuple[Any, str]] = []
+    if guard.refused:
+        kept = []
+        for record in records:
+            if _has_refused(record):
+                rejected.append((record, NON_FINITE))
+            else:
+                kept.append(record)
+        records = kept
     return FetchResult(
         records=records,
         count=count if isinstance(count, int) and not isinstance(count, bool) else None,
         nbytes=len(body),
+        rejected=rejected,
     )
 
 
-def _loads(body: bytes) -> Any:
+NON_FINITE = "number out of range (not a finite double)"
+
+
+class _FiniteFloats:
+    """``parse_float`` for :func:`json.loads`: a number beyond double range (``1e999``) would
+    become ``inf``, which no JSON can carry on (orjson writes it as ``null``, the standard
+    library as ``Infinity``). It stays its literal text, as an :class:`orjson.Fragment`, so
+    that its record can be found, refused and kept aside exactly as it was sent."""
+
+    def __init__(self) -> None:
+        self.refused = False
+
+    def __call__(self, text: str) -> float | orjson.Fragment:
+        value = float(text)
+        if math.isfinite(value):
+            return value
+        self.refused = True
+        return orjson.Fragment(text.encode("ascii"))
+
+
+def _has_refused(value: Any) -> bool:
+    """Whether a parsed value holds a number :class:`_FiniteFloats` refused."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, orjson.Fragment):
+            return True
+    return False
+
+
+def _loads(body: bytes, parse_float: _FiniteFloats) -> Any:
     """Parse JSON exactly: orjson when it is exact, else the standard library.
 
     orjson reads an integer beyond 64 bits as a float (the record would change on its way) and
     rejects a lone UTF-16 surrogate escape such as ``"\ud83d"``, which JavaScript's
     ``JSON.stringify`` writes for a string cut in the middle of an emoji. One such record must
     not block the whole account, so those bodies go through :mod:`json`, which keeps both as they
-    were. NaN and Infinity are not JSON and stay refused.
+    were. NaN and Infinity are not JSON and stay refused. orjson refuses a number beyond double
+    range (``1e999``) too; the standard library reads it with ``parse_float``, which marks it.
     """
     first_error: str | None = None
     if _LONG_NUMBER.search(body) is None:
@@ -313,7 +366,7 @@ def _loads(body: bytes) -> Any:
         except orjson.JSONDecodeError as exc:
             first_error = str(exc)
     try:
-        return json.loads(body, parse_constant=_refuse_constant)
+        return json.loads(body, parse_constant=_refuse_constant, parse_float=parse_float)
     except (ValueError, RecursionError) as exc:
         # orjson's message, when there is one, is the more precise of the two.
         reason = first_error or str(exc) or type(exc).__name__

@@ -34,6 +34,7 @@ from relay.config.schema import AccountSettings, Settings
 from relay.core.aio import unless_stopped, wait_or_stop
 from relay.core.envelope import build_body
 from relay.core.errors import (
+    NonFiniteNumber,
     StoreError,
     StoreFull,
     UpstreamAuthError,
@@ -51,7 +52,7 @@ from relay.core.window import (
     skew_limit,
     validate_records,
 )
-from relay.ingest.body import FetchResult, StreamAbandoned, StreamedBody
+from relay.ingest.body import NON_FINITE, FetchResult, StreamAbandoned, StreamedBody
 from relay.ingest.budget import KeyBudget
 from relay.ingest.routing import Router
 from relay.ingest.upstream import Credentials, WebFonesClient
@@ -296,6 +297,9 @@ class AccountPoller:
     ) -> str | None:
         """Store the last (or only) batch of a response with the new cursor, and return it."""
         self._prepare(poll, result.records, batch, streamed=streamed)
+        # Records the parser refused (a number beyond double range) are kept aside too.
+        poll.received += len(result.rejected)
+        batch.fresh_invalid.extend(self._not_yet_quarantined(result.rejected))
         _check_repeats(poll, batch)
         # A count above the records means the answer admits it is incomplete: store what came,
         # but keep the cursor, so that whatever is missing is asked for again.
@@ -338,7 +342,13 @@ class AccountPoller:
         # computes nothing extra.
         route = self._router.route if self._router.filtering else None
         for v in valid:
-            body = build_body(self.name, poll.received_at, v.record)
+            try:
+                body = build_body(self.name, poll.received_at, v.record)
+            except NonFiniteNumber:
+                # NaN or an infinity: no JSON can carry it. Kept aside (its call_timestamp
+                # still moves the cursor past it, as for an oversized record).
+                invalid.append((v.record, NON_FINITE))
+                continue
             if len(body) > limit:
                 # Every delivery of it would hold it in memory, and every receiver would get
                 # it: kept aside instead (its call_timestamp still moves the cursor past it).

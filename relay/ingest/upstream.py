@@ -23,6 +23,7 @@ from relay.core.errors import (
     UpstreamRateLimited,
 )
 from relay.core.retry import parse_retry_after
+from relay.core.text import escape_controls
 from relay.ingest.body import FetchResult, StreamedBody, excerpt, parse_200
 
 PATH = "/call_log/records_after_timestamp"
@@ -119,7 +120,7 @@ def _describe(exc: BaseException) -> str:
         return "server closed the connection"
     if isinstance(exc, aiohttp.ClientConnectorError):
         return f"cannot connect: {exc.os_error.strerror or exc.os_error}"
-    return f"{type(exc).__name__}: {exc}"
+    return escape_controls(f"{type(exc).__name__}: {exc}")
 
 
 def _interpret(status: int, headers: Any, body: bytes) -> FetchResult | StreamedBody:

@@ -8,13 +8,18 @@ secret reaching a log: the code never logs one on purpose, and this makes sure o
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import sys
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, TextIO
+from urllib.parse import quote
 
 import orjson
+
+from relay.core.text import escape_controls, mask_credentials
 
 # The structured fields we print, in this order, when a record carries them.
 FIELDS = (
@@ -54,55 +59,121 @@ class _SecondStamp:
         return self._text
 
 
-class TextFormatter(logging.Formatter):
-    """``2026-11-29 08:40:13.123 INFO  relay.delivery.claimer delivered account=main rid=7 …``"""
+class Redactor:
+    """Replaces every configured secret, in every form it can take in a log line, by
+    ``[redacted]``, and masks URL credentials (see :func:`relay.core.text.mask_credentials`).
 
-    def __init__(self) -> None:
+    A secret quoted inside an exception's text reaches the line as written, JSON-escaped (a
+    ``"`` or ``\\`` in it becomes ``\\"`` / ``\\\\``), in ``repr()`` form (a traceback's
+    ``ValueError('…')``) or percent-encoded (inside a URL); each of those forms is looked for.
+    """
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        # Very short values would redact innocent text; real secrets are long.
+        forms = {form for secret in secrets if len(secret) >= 6 for form in _forms(secret)}
+        # Longest first, so a secret that contains another is replaced whole.
+        ordered = sorted(forms, key=len, reverse=True)
+        self._pattern = re.compile("|".join(map(re.escape, ordered))) if ordered else None
+
+    def __call__(self, text: str) -> str:
+        if self._pattern is not None:
+            text = self._pattern.sub(_REDACTED, text)
+        return mask_credentials(text)
+
+
+def _forms(secret: str) -> set[str]:
+    """The ways ``secret`` can be spelled inside a formatted log line."""
+    # repr() escapes backslashes and non-printables; whether it escapes "'" depends on the
+    # whole string it is part of, so both spellings.
+    in_repr = repr(secret + "'\"")[1:-4]
+    forms = {
+        secret,
+        in_repr,
+        in_repr.replace("\\'", "'"),
+        secret.encode("unicode_escape").decode("ascii"),
+        quote(secret, safe=""),
+    }
+    # ... and each of those once more inside a JSON string (a JSON line quoting a repr).
+    forms |= {json.dumps(form)[1:-1] for form in list(forms)}
+    forms |= {json.dumps(form, ensure_ascii=False)[1:-1] for form in list(forms)}
+    return {form for form in forms if form}
+
+
+def _identity(text: str) -> str:
+    return text
+
+
+class TextFormatter(logging.Formatter):
+    """``2026-11-29 08:40:13.123 INFO  relay.delivery.claimer delivered account=main rid=7 …``
+
+    Every part is redacted on its own, before it is joined into the line, and its control
+    characters are escaped: one record is one line (plus its traceback), whatever an upstream
+    or a receiver put in the text, and no ANSI escape reaches a terminal.
+    """
+
+    def __init__(self, redact: Callable[[str], str] = _identity) -> None:
         super().__init__()
         self._stamp = _SecondStamp("%Y-%m-%d %H:%M:%S", time.localtime)
+        self._redact = redact
 
     def format(self, record: logging.LogRecord) -> str:
+        redact = self._redact
         stamp = self._stamp(record.created)
         line = f"{stamp}.{int(record.msecs):03d} {record.levelname:<7} {record.name} "
-        line += record.getMessage()
+        line += escape_controls(redact(record.getMessage()))
         for key, value in _fields(record).items():
-            line += f" {key}={value}"
+            line += f" {key}={escape_controls(redact(str(value)))}"
         if record.exc_info:
-            line += "\n" + self.formatException(record.exc_info)
+            line += "\n" + _escape_block(redact(self.formatException(record.exc_info)))
+        if record.stack_info:
+            line += "\n" + _escape_block(redact(self.formatStack(record.stack_info)))
         return line
 
 
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: ts, level, logger, msg, then the structured fields."""
+def _escape_block(text: str) -> str:
+    """A traceback keeps its lines; every other control character in it is escaped."""
+    return "\n".join(escape_controls(line) for line in text.split("\n"))
 
-    def __init__(self) -> None:
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, logger, msg, then the structured fields.
+
+    Values are redacted before they are encoded: after encoding, a secret containing ``"`` or
+    ``\\`` would no longer be spelled as configured.
+    """
+
+    def __init__(self, redact: Callable[[str], str] = _identity) -> None:
         super().__init__()
         self._stamp = _SecondStamp("%Y-%m-%dT%H:%M:%S", time.gmtime)
+        self._redact = redact
 
     def format(self, record: logging.LogRecord) -> str:
+        redact = self._redact
         doc: dict[str, Any] = {
             "ts": f"{self._stamp(record.created)}.{int(record.msecs):03d}Z",
             "level": record.levelname,
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": redact(record.getMessage()),
         }
-        doc.update(_fields(record))
+        for key, value in _fields(record).items():
+            doc[key] = (
+                value if value is None or isinstance(value, int | float) else redact(str(value))
+            )
         if record.exc_info:
-            doc["exc"] = self.formatException(record.exc_info)
+            doc["exc"] = redact(self.formatException(record.exc_info))
+        if record.stack_info:
+            doc["stack"] = redact(self.formatStack(record.stack_info))
         return orjson.dumps(doc, default=str).decode()
 
 
 class RedactingFilter(logging.Filter):
-    """Replaces any configured secret that would appear in a formatted line."""
+    """Replaces any configured secret in a record's message and fields (for any handler)."""
 
     def __init__(self, secrets: Iterable[str]) -> None:
         super().__init__()
-        # Very short values would redact innocent text; real secrets are long.
-        self._secrets = sorted({s for s in secrets if len(s) >= 6}, key=len, reverse=True)
+        self.redact = Redactor(secrets)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not self._secrets:
-            return True
         message = record.getMessage()
         cleaned = self.redact(message)
         if cleaned != message:
@@ -113,15 +184,9 @@ class RedactingFilter(logging.Filter):
                 setattr(record, name, self.redact(value))
         return True
 
-    def redact(self, text: str) -> str:
-        for secret in self._secrets:
-            if secret in text:
-                text = text.replace(secret, _REDACTED)
-        return text
-
 
 class _RedactingHandler(logging.StreamHandler[TextIO]):
-    """Formats, then redacts the final text too (tracebacks can quote values)."""
+    """Formats (each part redacted), then redacts the final text once more as a backstop."""
 
     def __init__(self, stream: TextIO, redactor: RedactingFilter) -> None:
         super().__init__(stream)
@@ -139,8 +204,10 @@ def setup_logging(
     stream: TextIO | None = None,
 ) -> None:
     """Configure the root logger once for the process (replacing earlier handlers)."""
-    handler = _RedactingHandler(stream or sys.stderr, RedactingFilter(secrets))
-    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    redactor = RedactingFilter(secrets)
+    handler = _RedactingHandler(stream or sys.stderr, redactor)
+    formatter = JsonFormatter if fmt == "json" else TextFormatter
+    handler.setFormatter(formatter(redactor.redact))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

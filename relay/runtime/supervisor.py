@@ -18,12 +18,12 @@ from relay.config.schema import Settings
 from relay.core.aio import wait_or_stop
 from relay.core.errors import StoreError
 from relay.core.status import RelayStatus
+from relay.runtime import maintenance
 from relay.runtime.wiring import Pipeline
 
 log = logging.getLogger(__name__)
 
 RESTART_DELAY = 5.0  # a loop that crashed on a bug is restarted after this pause
-MAINTENANCE_EVERY = 600.0
 
 
 class Supervisor:
@@ -143,15 +143,12 @@ class Supervisor:
             log.error("could not release %d claimed deliveries: %s", len(ids), exc)
 
     async def _maintain(self, stop: asyncio.Event) -> None:
-        """Periodically forget delivered records older than the retention."""
-        while True:
-            if await wait_or_stop(stop, MAINTENANCE_EVERY):
-                return
-            cutoff = self._clock() - self.settings.delivery.retention
+        """Run a maintenance pass :data:`maintenance.FIRST_AFTER` after start, then every
+        :data:`maintenance.EVERY` (see :mod:`relay.runtime.maintenance`)."""
+        delay = maintenance.FIRST_AFTER
+        while not await wait_or_stop(stop, delay):
+            delay = maintenance.EVERY
             try:
-                removed = await self.store.prune_delivered(cutoff)
+                await maintenance.maintain(self.store, self.settings, self._clock())
             except StoreError as exc:
-                log.warning("pruning delivered records failed: %s", exc)
-                continue
-            if removed:
-                log.info("pruned %d delivered records past retention", removed)
+                log.warning("maintenance failed, tried again in %.0fs: %s", delay, exc)

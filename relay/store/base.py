@@ -21,6 +21,7 @@ from relay.core.models import (
     Finished,
     IngestBatch,
     IngestResult,
+    Orphan,
     StoredRecord,
 )
 from relay.core.status import StoreStats
@@ -149,6 +150,29 @@ class Store(abc.ABC):
         """Delete records (and their attempts) whose every delivery succeeded before ``before``,
         in bounded batches. On a shared store only one instance prunes at a time: while another
         does, this returns 0 at once."""
+
+    # -- retention (maintenance; every method works in bounded batches) -------------------------
+
+    @abc.abstractmethod
+    async def prune_dead(self, before: float) -> int:
+        """Delete dead letters (and their attempts) that died before ``before``. Their records
+        go with the next :meth:`prune_delivered` once nothing else needs them."""
+
+    @abc.abstractmethod
+    async def prune_quarantine(self, before: float) -> int:
+        """Forget quarantined records last seen before ``before``."""
+
+    @abc.abstractmethod
+    async def find_orphans(self, configured: Sequence[str], now: float) -> list[Orphan]:
+        """Subscribers with deliveries in the store that are not in ``configured``, sorted by name.
+
+        Each is stamped orphaned at ``now`` the first time it is found (kept across restarts);
+        a configured subscriber loses its stamp, so one configured again keeps its deliveries.
+        """
+
+    @abc.abstractmethod
+    async def purge_orphans(self, before: float) -> int:
+        """Delete the deliveries (and attempts) of subscribers orphaned before ``before``."""
 
     @abc.abstractmethod
     async def stats(self) -> StoreStats:

@@ -387,9 +387,9 @@ async def test_stats_reports_accounts_subscribers_and_counts(store: Store) -> No
     }  # fmt: skip
     assert {k: dataclasses.asdict(v) for k, v in stats.subscribers.items()} == {
         "a": {"pending": 1, "inflight": 1, "delivered": 0, "dead": 0, "disabled": None,
-              "oldest_pending_at": T0},
+              "oldest_pending_at": T0, "orphaned_since": None},
         "z": {"pending": 0, "inflight": 0, "delivered": 0, "dead": 0, "disabled": "410 Gone",
-              "oldest_pending_at": None},
+              "oldest_pending_at": None, "orphaned_since": None},
     }  # fmt: skip
     assert (stats.quarantined, stats.seen) == (1, 2)
 

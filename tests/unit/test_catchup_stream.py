@@ -624,3 +624,44 @@ async def test_a_catch_up_through_the_running_relay_delivers_each_record_once(
     by_rid = {r["rid"]: r for r in made}
     for sent in verify_all(rx.requests, secret):
         assert sent["data"] == by_rid[sent["data"]["rid"]]
+
+
+# -- issue 8 #9: numbers beyond double range, whole-body and streamed -----------------------------
+
+
+@pytest.mark.parametrize("padding", [0, 2 * 1024 * 1024], ids=["whole-body", "streamed"])
+@pytest.mark.parametrize(
+    "bad", [b"1e999", b"-1e999", b"1" + b"0" * 400 + b".5"], ids=["1e999", "-1e999", "long"]
+)
+def test_a_number_beyond_double_range_rejects_its_record_only(padding: int, bad: bytes) -> None:
+    from relay.ingest.body import NON_FINITE, parse_200
+
+    filler = b"x" * padding
+    body = (
+        b'{"success":true,"count":3,"records":['
+        b'{"rid":1,"call_timestamp":"2025-07-01 14:53:43","big":12345678901234567890123},'
+        b'{"rid":2,"call_timestamp":"2025-07-01 14:53:44","dur":' + bad + b"},"
+        b'{"rid":3,"call_timestamp":"2025-07-01 14:53:45","pad":"' + filler + b'"}]}'
+    )
+    parsed = parse_200("application/json", body)
+    if isinstance(parsed, StreamedBody):
+        records: list[Any] = []
+        try:
+            for batch in parsed.batches(1000):
+                records.extend(batch)
+            assert parsed.result is not None
+            result = parsed.result
+        except StreamAbandoned:  # the streaming parser refuses it; the whole parse decides
+            result = parsed.whole()
+    else:
+        result = parsed
+    assert isinstance(result, FetchResult)
+    assert [r["rid"] for r in result.records] == [1, 3]
+    assert result.records[0]["big"] == 12345678901234567890123
+    [(record, reason)] = result.rejected
+    assert reason == NON_FINITE and record["rid"] == 2
+    # Kept aside as it was sent: the literal number, not inf, null or Infinity.
+    assert (
+        orjson.dumps(record)
+        == b'{"rid":2,"call_timestamp":"2025-07-01 14:53:44","dur":' + bad + b"}"
+    )

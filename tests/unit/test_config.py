@@ -274,8 +274,9 @@ def test_full_config_round_trip(tmp_path: Path) -> None:
     assert (s.log.level, s.log.format) == ("DEBUG", "json")
     assert s.subscribers_for("sales") == [crm]
     assert s.subscribers_for("main") == []  # crm is sales-only, "off" is disabled
+    signing_keys = [SECRET_CRM.removeprefix("whsec_"), SECRET_ZAP.removeprefix("whsec_")]
     assert sorted(s.secret_values()) == sorted(
-        [KEY_MAIN, KEY_SALES, SECRET_CRM, N8N_TOKEN, SECRET_ZAP, ADMIN_TOKEN]
+        [KEY_MAIN, KEY_SALES, SECRET_CRM, N8N_TOKEN, SECRET_ZAP, ADMIN_TOKEN, *signing_keys]
     )
     # Nothing secret in the repr (which is what ends up in a careless log line).
     for secret in SECRETS:
@@ -809,3 +810,42 @@ def test_example_config_names_every_missing_secret() -> None:
     problems = problems_of(EXAMPLE, {})
     assert len(problems) == 8
     assert all("is not set" in line for line in problems)
+
+
+# -- issue 8 §4: a default derived from another setting follows it --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("upstream", "recent_window"),
+    [
+        ({"lookback": 60}, 60.0),  # lookback alone, shorter than the 10m default
+        ({"lookback": "5m"}, 300.0),
+        ({"lookback": "10m"}, 600.0),
+        ({"lookback": "3h"}, 600.0),
+        ({}, 600.0),
+        ({"lookback": 60, "recent_window": "30s"}, 30.0),  # written: kept as written
+    ],
+)
+def test_recent_window_defaults_to_the_smaller_of_10m_and_lookback(
+    tmp_path: Path, upstream: dict[str, Any], recent_window: float
+) -> None:
+    accounts = [{"name": "main", "api_key": KEY_MAIN}]
+    doc = {"upstream": {"accounts": accounts, **upstream}}
+    assert load_settings(write(tmp_path, doc), {}).upstream.recent_window == recent_window
+
+
+def test_lookback_alone_passes_check_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from relay import cli
+
+    doc = {"upstream": {"lookback": 60, "accounts": [{"name": "main", "api_key": KEY_MAIN}]}}
+    assert cli.main(["check-config", "--config", str(write(tmp_path, doc))]) == cli.EXIT_OK
+    assert "recent_window" not in capsys.readouterr().err
+
+
+def test_a_recent_window_set_by_the_environment_is_checked(tmp_path: Path) -> None:
+    doc = {"upstream": {"lookback": 60, "accounts": [{"name": "main", "api_key": KEY_MAIN}]}}
+    with pytest.raises(ConfigError) as exc:
+        load_settings(write(tmp_path, doc), {"RELAY_UPSTREAM__RECENT_WINDOW": "2m"})
+    assert exc.value.problems == ["upstream.recent_window: must not exceed lookback (1m)"]

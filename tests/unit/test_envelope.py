@@ -96,3 +96,42 @@ def test_what_orjson_refuses_still_goes_out(record: dict[Any, Any], data_json: b
 def test_non_dict_mapping_is_accepted() -> None:
     proxied = MappingProxyType({"rid": 5, "call_timestamp": "2025-07-01 20:54:53"})
     assert build_body("acme", T0, proxied) == build_body("acme", T0, dict(proxied))
+
+
+# -- issue 8 #9: NaN and infinities are never serialised -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        {**RECORD, "dur": float("inf")},
+        {**RECORD, "dur": float("-inf")},
+        {**RECORD, "nested": {"deep": [1, float("nan")]}},
+        # A 20-digit integer sends the record through the standard library, which wrote Infinity.
+        {**RECORD, "uniqueid": 12345678901234567890123, "dur": float("inf")},
+    ],
+    ids=["inf", "-inf", "nested-nan", "with-big-int"],
+)
+def test_non_finite_numbers_are_refused_not_serialised(record: dict[str, Any]) -> None:
+    from relay.core.errors import NonFiniteNumber
+
+    with pytest.raises(NonFiniteNumber):
+        build_body("acme", T0, record)
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        {**RECORD, "dur": None, "x": [None, 1.5e308, -0.0, 5e-324]},
+        {**RECORD, "uniqueid": 12345678901234567890123, "dur": None},
+        {**RECORD, "note": "NaN Infinity null"},
+    ],
+    ids=["nulls-and-extremes", "big-int-and-null", "words"],
+)
+def test_finite_records_with_nulls_still_serialise(record: dict[str, Any]) -> None:
+    body = build_body("acme", T0, record)
+    assert json.loads(body, parse_constant=_no_constants)["data"] == record
+
+
+def _no_constants(name: str) -> Any:
+    raise AssertionError(f"{name} in a webhook body")

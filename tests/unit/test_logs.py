@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import logging
 import time
@@ -76,3 +77,69 @@ def test_timestamp_cache_changes_with_the_second() -> None:
         "01:00:01",
         "01:00:00",
     ]
+
+
+# -- issue 8 #6: a secret in an exception's text, in every spelling it reaches a line in ----------
+
+# A secret with the characters that JSON and repr() escape.
+AWKWARD = 'pa"ss\\word-0123456789'
+
+
+def _log_exception(text: str) -> None:
+    try:
+        raise ValueError(text)
+    except ValueError as exc:
+        # Tracebacks show str(); reprs of exceptions (and of their args) show repr().
+        logging.getLogger("relay.test").exception("failed: %r", exc, extra={"error": repr(exc)})
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+@pytest.mark.parametrize(
+    "secret",
+    [AWKWARD, "it's-a-secret-0123", "ünïcode-sécret-📞-0123", "tab\tand\nnewline-0123"],
+    ids=["quote-backslash", "apostrophe", "unicode", "controls"],
+)
+def test_secret_in_exception_text_is_redacted_in_every_form(
+    fmt: str, secret: str, restore_root: None
+) -> None:
+    out = io.StringIO()
+    setup_logging("INFO", fmt, [secret], stream=out)
+    _log_exception(f"server said: {secret}")
+    text = out.getvalue()
+    forms = {secret, repr(secret)[1:-1], orjson.dumps(secret).decode()[1:-1]}
+    forms.add(orjson.dumps(repr(secret)[1:-1]).decode()[1:-1])
+    for form in forms:
+        assert form not in text, (form, text)
+    assert "[redacted]" in text
+    if fmt == "json":
+        for line in text.splitlines():
+            orjson.loads(line)  # still valid JSON
+
+
+def test_url_password_and_basic_token_are_secrets(restore_root: None) -> None:
+    from relay.config.schema import Settings
+
+    settings = Settings.model_validate(
+        {
+            "upstream": {"accounts": [{"name": "a", "api_key": "key-0123456789abcdef"}]},
+            "subscribers": [
+                {
+                    "name": "crm",
+                    "url": "https://hook-user:hook%40Pass-0123@hooks.example/in",
+                    "secret": SECRET,
+                }
+            ],
+        }
+    )
+    token = base64.b64encode(b"hook-user:hook@Pass-0123").decode()
+    assert {"hook%40Pass-0123", "hook@Pass-0123", token} <= set(settings.secret_values())
+    out = io.StringIO()
+    setup_logging("INFO", "json", settings.secret_values(), stream=out)
+    log = logging.getLogger("relay.test")
+    log.warning("receiver echoed Authorization: Basic %s", token)
+    log.warning("decoded password hook@Pass-0123 in an error")
+    log.warning("posting to https://other:plain-pw-0123@x.example/ failed")  # not configured
+    text = out.getvalue()
+    for leaked in ("hook@Pass-0123", "hook%40Pass-0123", token, "plain-pw-0123"):
+        assert leaked not in text
+    assert "https://other:***@x.example/" in text

@@ -118,8 +118,34 @@ CREATE TABLE budget_buckets (
 )
 """
 
+# Version 2 (issue 8 #7, #8; the SQLite backend's version 4): a quarantined record is kept once
+# per account and content (its SHA-256 digest, as relay.core.models.quarantine_digest computes
+# it), with when it was first and last seen; a subscriber no longer configured is stamped with
+# when that was found; dead letters are found by age.
+SCHEMA_V2 = """
+ALTER TABLE quarantine ADD COLUMN digest bytea;
+ALTER TABLE quarantine ADD COLUMN last_at double precision;
+ALTER TABLE quarantine ADD COLUMN times integer NOT NULL DEFAULT 1;
+UPDATE quarantine SET digest = sha256(convert_to(account, 'UTF8') || '\\x00'::bytea || raw),
+                      last_at = at;
+WITH kept AS (
+    SELECT digest, min(id) AS id, max(last_at) AS last_at, count(*) AS times
+    FROM quarantine GROUP BY digest
+), dropped AS (
+    DELETE FROM quarantine AS q USING kept WHERE q.digest = kept.digest AND q.id <> kept.id
+)
+UPDATE quarantine AS q SET last_at = kept.last_at, times = kept.times
+FROM kept WHERE q.id = kept.id;
+ALTER TABLE quarantine ALTER COLUMN digest SET NOT NULL;
+ALTER TABLE quarantine ALTER COLUMN last_at SET NOT NULL;
+ALTER TABLE quarantine ADD CONSTRAINT quarantine_digest UNIQUE (digest);
+CREATE INDEX quarantine_seen ON quarantine (last_at);
+CREATE INDEX deliveries_dead_age ON deliveries (updated_at) WHERE state = 'dead';
+ALTER TABLE subscriber_state ADD COLUMN orphaned_at double precision
+"""
+
 # MIGRATIONS[n] takes a schema from version n to n + 1. Append, never edit.
-MIGRATIONS: tuple[str, ...] = (SCHEMA_V1,)
+MIGRATIONS: tuple[str, ...] = (SCHEMA_V1, SCHEMA_V2)
 
 VERSION_TABLE = "relay_schema"
 # A table of ours that a foreign schema is unlikely to have: present without VERSION_TABLE, the

@@ -55,9 +55,14 @@ ORDER BY u.n
 
 RECENT_RECORDS = "SELECT account, rid, body FROM records ORDER BY id DESC LIMIT $1"
 
+# Kept once: the same record again only says when it was last seen (and how often). A batch
+# never holds one record twice (the poller keeps one per digest), so one row per conflict.
 QUARANTINE = """
-INSERT INTO quarantine (account, raw, reason, at)
-SELECT $1, u.raw, u.reason, $4 FROM unnest($2::bytea[], $3::text[]) AS u(raw, reason)
+INSERT INTO quarantine (account, digest, raw, reason, at, last_at)
+SELECT $1, u.digest, u.raw, u.reason, $5, $5
+FROM unnest($2::bytea[], $3::bytea[], $4::text[]) AS u(digest, raw, reason)
+ON CONFLICT (digest) DO UPDATE
+SET last_at = greatest(quarantine.last_at, excluded.last_at), times = quarantine.times + 1
 """
 
 ADVANCE_CURSOR = """
@@ -230,7 +235,7 @@ SELECT subscriber, state, count(*),
        MIN(next_at) FILTER (WHERE state = 'pending')
 FROM deliveries GROUP BY subscriber, state
 """
-SUBSCRIBER_STATES = "SELECT subscriber, disabled_reason FROM subscriber_state"
+SUBSCRIBER_STATES = "SELECT subscriber, disabled_reason, orphaned_at FROM subscriber_state"
 COUNTS = "SELECT (SELECT count(*) FROM quarantine), (SELECT count(*) FROM seen)"
 
 # -- several instances ----------------------------------------------------------------------------

@@ -32,13 +32,15 @@ from relay.core.models import (
     Finished,
     IngestBatch,
     IngestResult,
+    Orphan,
     Outcome,
     StoredRecord,
+    quarantine_digest,
 )
 from relay.core.status import AccountState, QueueCounts, StoreStats
 from relay.store.base import Store
 from relay.store.bodies import BodyCache
-from relay.store.postgres import migrations
+from relay.store.postgres import migrations, retention
 from relay.store.postgres import sql as q
 from relay.store.postgres.connect import (
     DRIVER_ERRORS,
@@ -179,9 +181,11 @@ class PostgresStore(SharedStateMixin, Store):
                 else:
                     await _fan_out_routed(conn, ids, routes, subscribers, at)
             if batch.quarantined:
-                raws = [item.raw for item in batch.quarantined]
-                reasons = [item.reason for item in batch.quarantined]
-                await conn.execute(q.QUARANTINE, batch.account, raws, reasons, at)
+                # One row per digest: ON CONFLICT cannot touch a row twice in one statement.
+                kept = {quarantine_digest(batch.account, i.raw): i for i in batch.quarantined}
+                raws = [item.raw for item in kept.values()]
+                reasons = [item.reason for item in kept.values()]
+                await conn.execute(q.QUARANTINE, batch.account, list(kept), raws, reasons, at)
             if batch.cursor is not None:
                 await conn.execute(q.ADVANCE_CURSOR, batch.account, batch.cursor)
         return IngestResult(new, len(batch.records) - len(new))
@@ -349,9 +353,28 @@ class PostgresStore(SharedStateMixin, Store):
             setattr(queue, state, count)
             if state == "pending":
                 queue.oldest_pending_at = oldest
-        for name, reason in states:
-            result.subscribers.setdefault(name, QueueCounts()).disabled = reason
+        for name, reason, orphaned_at in states:
+            queue = result.subscribers.setdefault(name, QueueCounts())
+            queue.disabled, queue.orphaned_since = reason, orphaned_at
         return result
+
+    # -- retention (relay/store/postgres/retention.py) ---------------------------------------
+
+    async def prune_dead(self, before: float) -> int:
+        async with self._conn("prune dead letters") as conn:
+            return await retention.chunked(conn, retention.PRUNE_DEAD, before)
+
+    async def prune_quarantine(self, before: float) -> int:
+        async with self._conn("prune quarantine") as conn:
+            return await retention.chunked(conn, retention.PRUNE_QUARANTINE, before)
+
+    async def find_orphans(self, configured: Sequence[str], now: float) -> list[Orphan]:
+        async with self._tx("find orphans") as conn:
+            return await retention.find_orphans(conn, list(configured), now)
+
+    async def purge_orphans(self, before: float) -> int:
+        async with self._conn("purge orphans") as conn:
+            return await retention.chunked(conn, retention.PURGE_ORPHANS, before)
 
 
 async def _fan_out_routed(

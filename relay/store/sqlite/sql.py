@@ -28,6 +28,7 @@ from relay.core.models import (
     IngestResult,
     Outcome,
     StoredRecord,
+    quarantine_digest,
 )
 from relay.core.status import AccountState, QueueCounts, StoreStats
 from relay.store.bodies import BodyCache
@@ -113,8 +114,39 @@ CREATE TABLE subscriber_state (
 # read back from the current cursor and could miss a record written late behind the old one).
 SCHEMA_V2 = "ALTER TABLE cursors ADD COLUMN sweep_anchor TEXT"
 
+# Version 3: a placeholder, no change. The persisted upstream budget (issue 8 §2, another
+# branch) takes this number; when that lands it replaces this empty step.
+SCHEMA_V3 = ""
+
+# Version 4 (issue 8 #7, #8): a quarantined record is kept once per account and content (its
+# digest), with when it was first and last seen, so that a restart does not keep it again and
+# retention can forget it; a subscriber no longer configured is stamped with when that was
+# found; dead letters are found by age. Self-contained: it needs nothing of version 3.
+SCHEMA_V4 = """
+CREATE TABLE quarantine_v4 (
+    id       INTEGER PRIMARY KEY,
+    account  TEXT NOT NULL,
+    digest   BLOB NOT NULL UNIQUE,
+    raw      BLOB NOT NULL,
+    reason   TEXT NOT NULL,
+    at       REAL NOT NULL,
+    last_at  REAL NOT NULL,
+    times    INTEGER NOT NULL DEFAULT 1
+);
+INSERT INTO quarantine_v4 (account, digest, raw, reason, at, last_at)
+SELECT account, relay_quarantine_digest(account, raw), raw, reason, at, at
+FROM quarantine WHERE true ORDER BY id
+ON CONFLICT (digest) DO UPDATE
+SET last_at = max(last_at, excluded.last_at), times = times + 1;
+DROP TABLE quarantine;
+ALTER TABLE quarantine_v4 RENAME TO quarantine;
+CREATE INDEX quarantine_seen ON quarantine (last_at);
+CREATE INDEX deliveries_dead_age ON deliveries (updated_at) WHERE state = 'dead';
+ALTER TABLE subscriber_state ADD COLUMN orphaned_at REAL
+"""
+
 # MIGRATIONS[n] takes a file from ``PRAGMA user_version`` n to n + 1. Append, never edit.
-MIGRATIONS: tuple[str, ...] = (SCHEMA_V1, SCHEMA_V2)
+MIGRATIONS: tuple[str, ...] = (SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4)
 
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 CHUNK = 500  # ids per "IN (…)" list: far below SQLite's 32,766 host parameters
@@ -158,6 +190,13 @@ def check_ours(conn: sqlite3.Connection, path: str) -> None:
 
 def migrate(conn: sqlite3.Connection, path: str) -> None:
     """Bring the schema to the newest version, all steps in one transaction."""
+    # Version 4 computes the digest of quarantined rows kept before it existed.
+    conn.create_function(
+        "relay_quarantine_digest",
+        2,
+        lambda account, raw: quarantine_digest(account, bytes(raw)),
+        deterministic=True,
+    )
     with _transaction(conn):
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         check_ours(conn, path)  # again inside the transaction: nobody changed it meanwhile
@@ -255,9 +294,13 @@ def ingest(conn: sqlite3.Connection, batch: IngestBatch) -> IngestResult:
         if new and not batch.seed_only:
             _enqueue(conn, batch, new)
         if batch.quarantined:
+            at = batch.received_at
             conn.executemany(
-                "INSERT INTO quarantine (account, raw, reason, at) VALUES (?, ?, ?, ?)",
-                [(batch.account, q.raw, q.reason, batch.received_at) for q in batch.quarantined],
+                SQL_QUARANTINE,
+                [
+                    (batch.account, quarantine_digest(batch.account, q.raw), q.raw, q.reason, at)
+                    for q in batch.quarantined
+                ],
             )
         if batch.cursor is not None:
             conn.execute(
@@ -276,6 +319,12 @@ def _known_rids(conn: sqlite3.Connection, account: str, rids: list[int]) -> set[
         known.update(row[0] for row in conn.execute(sql, (account, *chunk)))
     return known
 
+
+# Kept once: the same record again only says when it was last seen (and how often).
+SQL_QUARANTINE = """
+INSERT INTO quarantine (account, digest, raw, reason, at, last_at) VALUES (?1, ?2, ?3, ?4, ?5, ?5)
+ON CONFLICT (digest) DO UPDATE SET last_at = max(last_at, excluded.last_at), times = times + 1
+"""
 
 SQL_FAN_OUT = """
 INSERT INTO deliveries (record_id, subscriber, state, attempts, next_at, updated_at)
@@ -681,6 +730,8 @@ def _subscriber_stats(conn: sqlite3.Connection) -> dict[str, QueueCounts]:
         setattr(counts, state, count)
         if state == "pending":
             counts.oldest_pending_at = oldest
-    for name, reason in conn.execute("SELECT subscriber, disabled_reason FROM subscriber_state"):
-        subscribers.setdefault(name, QueueCounts()).disabled = reason
+    sql = "SELECT subscriber, disabled_reason, orphaned_at FROM subscriber_state"
+    for name, reason, orphaned_at in conn.execute(sql):
+        counts = subscribers.setdefault(name, QueueCounts())
+        counts.disabled, counts.orphaned_since = reason, orphaned_at
     return subscribers

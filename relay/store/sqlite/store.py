@@ -6,6 +6,11 @@ threads. Each write is one explicit ``BEGIN IMMEDIATE … COMMIT`` and rolls bac
 error. WAL with ``synchronous=NORMAL`` makes every commit atomic and durable against a crash of
 the process (``kill -9``); only a power loss can drop the last few commits.
 
+The state file, its ``-wal`` and ``-shm`` companions and the lock file hold callers' names and
+numbers, so they are private to the relay's user (0600) whatever the umask: the file is created
+0600 before SQLite opens it (SQLite gives its companions the main file's mode), and a file left
+wider by an older relay is tightened on open. The directory is the operator's (0700 advised).
+
 Ownership is an exclusive ``flock`` on ``<path>.lock``: a second relay on the same file fails
 fast with :class:`StoreLocked`, and the OS releases the lock when the owner dies. Because there is
 exactly one owner, deliveries left ``inflight`` by a dead process are due again as soon as the
@@ -35,11 +40,13 @@ from relay.core.models import (
     Finished,
     IngestBatch,
     IngestResult,
+    Orphan,
     StoredRecord,
 )
 from relay.core.status import StoreStats
 from relay.store.base import Store
 from relay.store.bodies import BodyCache
+from relay.store.sqlite import retention
 from relay.store.sqlite import sql as q
 from relay.store.sqlite.single import SingleOwnerMixin
 
@@ -95,6 +102,15 @@ class SqliteStore(SingleOwnerMixin, Store):
             raise StoreError(f"cannot open state file {self.path}: no directory {directory}")
         self._lock_fd = _take_lock(self.path)
         try:
+            _create_private(self.path)
+        except OSError as exc:
+            self._close_sync()
+            reason = exc.strerror or str(exc)
+            raise StoreError(
+                f"cannot open state file {self.path}: {reason} "
+                "(check that the file and its directory are writable)"
+            ) from exc
+        try:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
             self._close_sync()
@@ -107,6 +123,7 @@ class SqliteStore(SingleOwnerMixin, Store):
             # refusing another program's database must leave it exactly as it was.
             q.check_ours(conn, self.path)
             q.configure(conn, self._synchronous)
+            _tighten(self.path)  # after check_ours: another program's file is left alone
             q.migrate(conn, self.path)
             recovered = q.recover(conn)
         except sqlite3.Error as exc:
@@ -234,6 +251,30 @@ class SqliteStore(SingleOwnerMixin, Store):
     async def stats(self) -> StoreStats:
         return await self._run("stats", q.stats)
 
+    # -- retention: one chunk per job, so claims and finishes interleave ------------------------
+
+    async def prune_dead(self, before: float) -> int:
+        return await self._chunked("prune dead letters", retention.prune_dead_chunk, before)
+
+    async def prune_quarantine(self, before: float) -> int:
+        return await self._chunked("prune quarantine", retention.prune_quarantine_chunk, before)
+
+    async def find_orphans(self, configured: Sequence[str], now: float) -> list[Orphan]:
+        return await self._run("find orphans", retention.find_orphans, list(configured), now)
+
+    async def purge_orphans(self, before: float) -> int:
+        return await self._chunked("purge orphans", retention.purge_orphans_chunk, before)
+
+    async def _chunked(
+        self, op: str, chunk: Callable[[sqlite3.Connection, float], int], before: float
+    ) -> int:
+        total = 0
+        while True:
+            done = await self._run(op, chunk, before)
+            total += done
+            if done < retention.CHUNK:
+                return total
+
     # -- claims held past their lease (the rest of the multi-instance part: single.py) ---------
 
     async def renew_claims(self, claims: Sequence[Delivery], now: float, lease: float) -> list[int]:
@@ -260,10 +301,40 @@ def integrity_check(path: str) -> str:
 # -- opening --------------------------------------------------------------------------------------
 
 
+PRIVATE = 0o600
+_COMPANIONS = ("", "-wal", "-shm", "-journal", ".lock")
+
+
+def _create_private(path: str) -> None:
+    """Create the state file, empty and 0600, unless it exists (then it is left as it is).
+
+    Creating it ourselves, with an explicit mode, is what makes SQLite's ``-wal`` and ``-shm``
+    private too: SQLite creates them with the main file's permissions. No umask change: the
+    umask is process-wide and this runs on the store's thread.
+    """
+    os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, PRIVATE))
+
+
+def _tighten(path: str) -> None:
+    """Narrow the state file and its companions to the owner (a file made by an older relay,
+    or copied in, may be world-readable). A file we may not chmod is reported, not fatal."""
+    for suffix in _COMPANIONS:
+        name = path + suffix
+        try:
+            mode = os.stat(name).st_mode
+            if mode & 0o077:
+                os.chmod(name, mode & 0o700)
+                log.info("state file %s was readable by others: now 0600", name)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            log.warning("cannot make %s private: %s", name, exc.strerror or exc)
+
+
 def _take_lock(path: str) -> int:
     lock_path = f"{path}.lock"
     try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, PRIVATE)
     except OSError as exc:
         reason = exc.strerror or str(exc)
         raise StoreError(
