@@ -237,7 +237,8 @@ async def test_listen_wakes_on_ingest_replay_and_subscriber_changes(
         # The listening connection is dropped: it reconnects and says so.
         await pg_execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE application_name = 'webfones-relay' AND query LIKE 'LISTEN%'"
+            "WHERE application_name = $1 AND query LIKE 'LISTEN%'",
+            one.target.application_name,
         )
         assert await asyncio.wait_for(heard.get(), 60) == ("listening", "")
         await one.ingest(batch([2], ("c",)))
@@ -269,8 +270,9 @@ async def test_a_terminated_connection_mid_use_is_a_store_error_then_recovers(
 
         async def waiting() -> bool:
             victims[:] = await blocker.fetch(
-                "SELECT pid FROM pg_stat_activity WHERE application_name = 'webfones-relay' "
-                "AND wait_event_type = 'Lock'"
+                "SELECT pid FROM pg_stat_activity WHERE application_name = $1 "
+                "AND wait_event_type = 'Lock'",
+                store.target.application_name,
             )
             return bool(victims)
 
@@ -286,7 +288,8 @@ async def test_a_terminated_connection_mid_use_is_a_store_error_then_recovers(
     # Every pooled connection dropped while idle: the pool replaces them.
     await pg_execute(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-        "WHERE application_name = 'webfones-relay' AND pid <> pg_backend_pid()"
+        "WHERE application_name = $1 AND pid <> pg_backend_pid()",
+        store.target.application_name,
     )
     for _ in range(3):
         try:

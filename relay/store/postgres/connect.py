@@ -48,9 +48,16 @@ class Target:
     where: str  # postgresql://user@host:port/db?schema=…, no password
     password: str | None
 
+    @property
+    def application_name(self) -> str:
+        """How this store's connections show in ``pg_stat_activity``: with the schema, so that
+        relays (or test runs) sharing one server can be told apart."""
+        name = APPLICATION_NAME if self.schema is None else f"{APPLICATION_NAME}:{self.schema}"
+        return name[:63]  # the server's limit (NAMEDATALEN - 1)
+
     def settings(self) -> dict[str, str]:
         """Server settings for every connection: the schema and a name in pg_stat_activity."""
-        settings = {"application_name": APPLICATION_NAME}
+        settings = {"application_name": self.application_name}
         if self.schema is not None:
             settings["search_path"] = quote_ident(self.schema)
         return settings
