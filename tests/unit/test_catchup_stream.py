@@ -11,6 +11,7 @@ batch, and nothing lost when a response breaks half-way.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import time
@@ -247,6 +248,56 @@ def test_deep_nesting_is_refused_before_the_streaming_parser_sees_it(backslash: 
     assert isinstance(result, StreamAbandoned) and got == []
     assert peak < 20 * len(body), f"peak {peak / 2**20:.0f} MiB"
     assert isinstance(whole(body), str)  # the whole-body parser refuses it too
+
+
+def string_spans(body: bytes) -> list[tuple[int, int]]:
+    """Where each JSON string of ``body`` starts and ends (its quotes), by a plain scan."""
+    spans, start, escaped = [], -1, False
+    for i, byte in enumerate(body):
+        if start < 0:
+            if byte == ord('"'):
+                start = i
+        elif escaped:
+            escaped = False
+        elif byte == ord("\\"):
+            escaped = True
+        elif byte == ord('"'):
+            spans.append((start, i))
+            start = -1
+    return spans
+
+
+LONG = 5 * parsing._PIECE  # a token spread over five pieces, were they cut every _PIECE bytes
+
+
+@pytest.mark.parametrize(
+    "padding",
+    [
+        b"x" * LONG,
+        b'\\"' * (LONG // 2),  # every quote in it escaped
+        b"\\\\" * (LONG // 2) + b'\\"',  # backslash runs longer than the look-back
+        b"]}," * (LONG // 3),
+        "é😀 & < >".encode() * (LONG // 14),
+    ],
+    ids=["plain", "escaped-quotes", "backslash-runs", "brackets", "unicode"],
+)
+def test_a_long_token_spans_at_most_two_pieces_of_the_parser_feed(padding: bytes) -> None:
+    # yajl lexes an unfinished token again with every piece: a 50 MB string cut every 64 KiB
+    # took 20 s. The cuts never change what is parsed, only how fast.
+    records = [{"rid": i, "name": 'a"b'} for i in range(2000)]
+    body = b'{"padding": "' + padding + b'", "n": 0.' + b"7" * LONG + b', "success": true, '
+    body += b'"records": ' + orjson.dumps(records) + b"}"
+    pieces = list(parsing._pieces(body))
+    assert b"".join(pieces) == body
+    assert all(len(p) >= parsing._PIECE for p in pieces[:-1])
+    ends = [0]
+    for piece in pieces:
+        ends.append(ends[-1] + len(piece))
+    for first, last in string_spans(body):
+        spanned = sum(1 for a, b in itertools.pairwise(ends) if a <= last and b > first)
+        assert spanned <= 2, f"string at {first}..{last} spans {spanned} pieces"
+    got, result = stream(body, size=500)
+    assert isinstance(result, FetchResult) and same(got + result.records, records)
 
 
 json_text = st.text(
