@@ -8,6 +8,7 @@ import base64
 import contextlib
 import datetime as dt
 import secrets
+import signal
 import sqlite3
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
@@ -21,6 +22,11 @@ from standardwebhooks.webhooks import Webhook
 from relay.config.schema import Settings
 from relay.runtime.runner import run_relay
 from relay.runtime.supervisor import Supervisor
+
+# The bound on every wait for work that finishes anyway (a delivery, a poll, a shutdown): minutes,
+# so that only a broken relay reaches it, never a slow machine. pytest's per-test timeout
+# (pyproject) stays above it.
+GENEROUS = 300.0
 
 KEY_A = "key-alpha-0123456789abcdef"
 KEY_B = "key-bravo-0123456789abcdef"
@@ -99,18 +105,21 @@ class RunningRelay:
 
         self.task = asyncio.ensure_future(run_relay(self.settings, self.stop_event, on_started))
         waiter = asyncio.ensure_future(self._started.wait())
-        done, _ = await asyncio.wait({waiter, self.task}, timeout=10, return_when="FIRST_COMPLETED")
+        done, _ = await asyncio.wait(
+            {waiter, self.task}, timeout=GENEROUS, return_when="FIRST_COMPLETED"
+        )
         if self.task in done:
             waiter.cancel()
             self.task.result()  # raises the startup error
         assert self.supervisor is not None
-        await asyncio.wait_for(self.supervisor.started.wait(), 10)
+        await asyncio.wait_for(self.supervisor.started.wait(), GENEROUS)
         return self
 
     async def stop(self) -> None:
         self.stop_event.set()
         if self.task is not None:
-            await asyncio.wait_for(self.task, 20)
+            # Its own grace period (make_settings: 2 s) ends the shutdown long before this.
+            await asyncio.wait_for(self.task, GENEROUS)
 
 
 @contextlib.asynccontextmanager
@@ -137,7 +146,7 @@ def rids(requests: Iterable[Any]) -> list[int]:
 
 
 async def wait_until_async(
-    predicate: Callable[[], Awaitable[bool]], timeout: float = 10.0, interval: float = 0.02
+    predicate: Callable[[], Awaitable[bool]], timeout: float = GENEROUS, interval: float = 0.02
 ) -> None:
     """Re-check state that has no event to wait on (the store) until true, with a deadline."""
     deadline = asyncio.get_running_loop().time() + timeout
@@ -156,12 +165,16 @@ def ago(seconds: float) -> dt.datetime:
 # Every relay process a test started; conftest kills the ones still running when the test ends,
 # so that a failing test does not leave a relay behind.
 STARTED: list[asyncio.subprocess.Process] = []
+# Where each process's lines begin in its log (the log is shared by successive processes).
+_LOG_START: dict[int, tuple[Path, int]] = {}
+READY_LINE = b"relay running:"  # logged once the signal handlers are in place and work began
 
 
 async def start_relay_process(
     config: Path, env: Mapping[str, str], log: Path, *args: str
 ) -> asyncio.subprocess.Process:
     """``relay run --config CONFIG`` as a real process, its stderr appended to ``log``."""
+    offset = log.stat().st_size if log.exists() else 0
     with open(log, "ab") as stderr:  # the child keeps its own copy of the descriptor
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -176,7 +189,36 @@ async def start_relay_process(
             stderr=stderr,
         )
     STARTED.append(proc)
+    _LOG_START[id(proc)] = (log, offset)
     return proc
+
+
+async def wait_running(proc: asyncio.subprocess.Process) -> None:
+    """Wait until a process from :func:`start_relay_process` is running: its signal handlers
+    are installed, so a SIGTERM now means a graceful stop, not death by the default action
+    (exit -15, which a test sending SIGTERM during a slow start used to see)."""
+    log, offset = _LOG_START[id(proc)]
+
+    async def ready() -> bool:
+        if proc.returncode is not None:
+            raise AssertionError(f"relay exited with {proc.returncode} before it was running")
+        with open(log, "rb") as f:
+            f.seek(offset)
+            return READY_LINE in f.read()
+
+    # A file has no event to wait on; the check is cheap and its bound generous.
+    await wait_until_async(ready, interval=0.05)
+
+
+async def stop_relay_process(proc: asyncio.subprocess.Process) -> int:
+    """SIGTERM a running relay process once it is running and return its exit code.
+
+    The relay's grace period (2 s in these tests) plus its hard deadline end the shutdown far
+    inside :data:`GENEROUS`, so the two bounds never race.
+    """
+    await wait_running(proc)
+    proc.send_signal(signal.SIGTERM)
+    return await asyncio.wait_for(proc.wait(), GENEROUS)
 
 
 def sqlite_rows(path: Path | str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:

@@ -15,6 +15,9 @@ from aiohttp import web
 class LocalServer:
     """Serves the app from :meth:`build_app`; handlers register their task in ``_inflight``."""
 
+    # How long aiohttp's cleanup waits for handlers still running (ours are cancelled first).
+    shutdown_timeout = 1.0
+
     def __init__(self) -> None:
         self.url = ""
         self._runner: web.AppRunner | None = None
@@ -34,7 +37,10 @@ class LocalServer:
         # handler_cancellation: a client disconnect cancels its handler, so a slow or hanging
         # handler does not outlive the connection it was answering.
         runner = web.AppRunner(
-            self.build_app(), handler_cancellation=True, access_log=None, shutdown_timeout=1.0
+            self.build_app(),
+            handler_cancellation=True,
+            access_log=None,
+            shutdown_timeout=self.shutdown_timeout,
         )
         await runner.setup()
         try:

@@ -9,10 +9,8 @@ everything it printed, stored and served is scanned too.
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -30,7 +28,15 @@ from relay import cli
 from relay.config.schema import Settings
 from relay.sim.receiver import Reply
 from relay.sim.simulator import Fault
-from tests.helpers import KEY_A, ago, new_secret, start_relay_process, wait_until_async
+from tests.helpers import (
+    GENEROUS,
+    KEY_A,
+    ago,
+    new_secret,
+    start_relay_process,
+    stop_relay_process,
+    wait_until_async,
+)
 
 API_KEY = "SECRET-APIKEY-0123456789abcdef"
 SIGNING = new_secret()
@@ -337,7 +343,7 @@ def test_the_installed_command_exits_2(tmp_path, command) -> None:
         [*relay_command(), command, "--config", str(write(tmp_path, doc))],
         capture_output=True,
         text=True,
-        timeout=30,
+        timeout=GENEROUS,
         env={k: v for k, v in os.environ.items() if not k.startswith("RELAY_")},
     )
     assert proc.returncode == 2
@@ -398,7 +404,7 @@ async def test_no_secret_reaches_any_log_or_output_at_debug(sim, receiver_factor
     proc = await start_relay_process(config, env, log, "--log-level", "DEBUG")
     served: list[str] = []
     try:
-        await rx.wait_for(lambda reqs: any(r.status_sent == 200 for r in reqs), timeout=20)
+        await rx.wait_for(lambda reqs: any(r.status_sent == 200 for r in reqs), timeout=GENEROUS)
         async with aiohttp.ClientSession() as http:
             auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
@@ -408,18 +414,17 @@ async def test_no_secret_reaches_any_log_or_output_at_debug(sim, receiver_factor
                 served[:] = [text]
                 return resp.status == 200 and "auth_failed" in text
 
-            await wait_until_async(broken_account_reported, timeout=10)
+            await wait_until_async(broken_account_reported)
             for path in ("/healthz", "/dead-letters", "/status"):
                 async with http.get(f"http://127.0.0.1:{port}{path}") as resp:
                     served.append(await resp.text())
     finally:
-        proc.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(proc.wait(), 20) == 0
+        assert await stop_relay_process(proc) == 0
     status = subprocess.run(
         [*relay_command(), "status", "--config", str(config)],
         capture_output=True,
         text=True,
-        timeout=30,
+        timeout=GENEROUS,
         env=env,
     )
     assert status.returncode == 0 and "auth_failed" in status.stdout

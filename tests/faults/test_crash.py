@@ -12,7 +12,16 @@ import pytest
 import yaml
 
 from relay.sim.receiver import Reply
-from tests.helpers import KEY_A, ago, new_secret, rids, start_relay_process, verify_all
+from tests.helpers import (
+    GENEROUS,
+    KEY_A,
+    ago,
+    new_secret,
+    rids,
+    start_relay_process,
+    stop_relay_process,
+    verify_all,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -67,9 +76,11 @@ async def test_kill_9_mid_delivery_then_restart_loses_nothing(sim, receiver_fact
         for _ in range(8):
             made.append(sim.add_record(KEY_A, started_at=ago(30 - round_no)))
         target = len(made) - 4
-        await flaky.wait_for(lambda reqs, t=target: len({r.body for r in reqs}) >= t, timeout=20)
+        await flaky.wait_for(
+            lambda reqs, t=target: len({r.body for r in reqs}) >= t, timeout=GENEROUS
+        )
         proc.kill()  # SIGKILL: no cleanup of any kind
-        assert await asyncio.wait_for(proc.wait(), 10) == -signal.SIGKILL
+        assert await asyncio.wait_for(proc.wait(), GENEROUS) == -signal.SIGKILL
 
     proc = await start_relay_process(config, env, log)
     try:
@@ -79,11 +90,10 @@ async def test_kill_9_mid_delivery_then_restart_loses_nothing(sim, receiver_fact
                 lambda reqs: (
                     sorted({rid for rid in rids(r for r in reqs if r.status_sent == 200)}) == want
                 ),
-                timeout=30,
+                timeout=GENEROUS,
             )
     finally:
-        proc.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(proc.wait(), 20) == 0
+        assert await stop_relay_process(proc) == 0
 
     by_rid = {r["rid"]: r for r in made}
     for name, rx in (("healthy", healthy), ("flaky", flaky)):
@@ -110,12 +120,10 @@ async def test_sigterm_exits_cleanly_without_redelivering(sim, receiver_factory,
     write_config(config, sim.url, {"crm": url}, tmp_path / "state.db")
     made = [sim.add_record(KEY_A, started_at=ago(20)) for _ in range(5)]
     proc = await start_relay_process(config, env, tmp_path / "relay.log")
-    await rx.wait_count(5, timeout=20)
-    proc.send_signal(signal.SIGTERM)
-    assert await asyncio.wait_for(proc.wait(), 20) == 0
+    await rx.wait_count(5, timeout=GENEROUS)
+    assert await stop_relay_process(proc) == 0
     more = sim.add_record(KEY_A, started_at=ago(10))
     proc = await start_relay_process(config, env, tmp_path / "relay.log")
-    await rx.wait_count(6, timeout=20)
-    proc.send_signal(signal.SIGTERM)
-    assert await asyncio.wait_for(proc.wait(), 20) == 0
+    await rx.wait_count(6, timeout=GENEROUS)
+    assert await stop_relay_process(proc) == 0
     assert sorted(rids(rx.requests)) == sorted(r["rid"] for r in [*made, more])

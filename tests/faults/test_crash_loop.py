@@ -27,7 +27,14 @@ import yaml
 from relay.sim.receiver import ReceivedRequest, Receiver, Reply
 from relay.sim.simulator import MALFORMED, Fault, SimulatedWebFones
 from relay.store.sqlite.store import integrity_check
-from tests.helpers import KEY_A, new_secret, start_relay_process, verify_all
+from tests.helpers import (
+    GENEROUS,
+    KEY_A,
+    new_secret,
+    start_relay_process,
+    stop_relay_process,
+    verify_all,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -171,10 +178,9 @@ def relay_env(secrets: dict[str, str]) -> dict[str, str]:
 async def drain(proc: asyncio.subprocess.Process, receivers: dict[str, Receiver], want: set[int]):
     try:
         for rx in receivers.values():
-            await rx.wait_for(all_delivered(want), timeout=45)
+            await rx.wait_for(all_delivered(want), timeout=GENEROUS)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(proc.wait(), 20) == 0
+        assert await stop_relay_process(proc) == 0
 
 
 async def test_kill_9_loop_under_load_loses_nothing(sim, receiver_factory, tmp_path, capsys):
@@ -198,10 +204,10 @@ async def test_kill_9_loop_under_load_loses_nothing(sim, receiver_factory, tmp_p
             rx = receivers[rng.choice(SUBSCRIBERS)]
             target = len(rx.requests) + rng.randint(1, 30)
             try:
-                await rx.wait_count(target, timeout=30)
+                await rx.wait_count(target, timeout=GENEROUS)
             finally:
                 proc.kill()  # SIGKILL: no cleanup of any kind
-                assert await asyncio.wait_for(proc.wait(), 10) == -signal.SIGKILL
+                assert await asyncio.wait_for(proc.wait(), GENEROUS) == -signal.SIGKILL
             kills += 1
     finally:
         producer.cancel()
@@ -247,12 +253,11 @@ async def test_sigterm_loop_never_redelivers_a_completed_delivery(
             rx = receivers[rng.choice(SUBSCRIBERS)]
             target = len(rx.requests) + rng.randint(1, 30)
             try:
-                await rx.wait_count(target, timeout=30)
+                await rx.wait_count(target, timeout=GENEROUS)
             finally:
                 # Graceful: deliveries in flight (the slow receiver takes 150 ms, the 1 s grace
                 # covers it) finish and their results are written before the process exits.
-                proc.send_signal(signal.SIGTERM)
-                assert await asyncio.wait_for(proc.wait(), 20) == 0
+                assert await stop_relay_process(proc) == 0
             stops += 1
     finally:
         producer.cancel()

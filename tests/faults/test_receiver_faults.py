@@ -75,7 +75,7 @@ async def deliver_after(
             hook = (await store.stats()).subscribers.get("hook", QueueCounts())
             return hook.delivered == 1
 
-        await wait_until_async(delivered, timeout=15)
+        await wait_until_async(delivered)
     assert set(rids(rx.requests)) == {record["rid"]}
     assert len({r.headers["webhook-id"] for r in rx.requests}) == 1
     for doc in verify_all(rx.requests, secret):
@@ -165,7 +165,7 @@ async def test_certificate_that_does_not_verify_is_rejected(
         async def dead() -> bool:
             return len(await store.dead_letters("hook", 10)) == 1
 
-        await wait_until_async(dead, timeout=15)
+        await wait_until_async(dead)
         [letter] = await store.dead_letters("hook", 10)
     assert letter.last_error is not None
     assert letter.last_error.startswith("TLS certificate did not verify")

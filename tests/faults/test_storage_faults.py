@@ -11,7 +11,6 @@ import contextlib
 import errno
 import logging
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -25,6 +24,7 @@ import yaml
 from relay.sim.receiver import Reply
 from relay.store.sqlite.store import integrity_check
 from tests.helpers import (
+    GENEROUS,
     KEY_A,
     Sub,
     ago,
@@ -33,6 +33,7 @@ from tests.helpers import (
     rids,
     running,
     start_relay_process,
+    stop_relay_process,
     wait_until_async,
 )
 
@@ -89,13 +90,13 @@ async def test_full_disk_stops_new_work_keeps_the_rest_and_resumes(
     async with running(settings) as relay:
         assert relay.supervisor is not None
         store = relay.supervisor.store
-        await rx.wait_count(3, timeout=10)
+        await rx.wait_count(3, timeout=GENEROUS)
 
         # Work the relay already has: two records whose deliveries keep failing for now.
         rx.set_default(Reply.status(503))
         pending = [sim.add_record(KEY_A, started_at=ago(50)) for _ in range(2)]
         await rx.wait_for(
-            lambda reqs: {pending[0]["rid"], pending[1]["rid"]} <= set(rids(reqs)), timeout=10
+            lambda reqs: {pending[0]["rid"], pending[1]["rid"]} <= set(rids(reqs)), timeout=GENEROUS
         )
         cursor = (await store.load_cursor("alpha")).newest
 
@@ -113,7 +114,7 @@ async def test_full_disk_stops_new_work_keeps_the_rest_and_resumes(
         async def refused_async() -> bool:
             return refused()
 
-        await wait_until_async(refused_async, timeout=10)
+        await wait_until_async(refused_async)
         # Nothing new was taken: the cursor did not move and nothing new went out. What the
         # relay already had is still there and the file is sound.
         assert (await store.load_cursor("alpha")).newest == cursor
@@ -132,7 +133,7 @@ async def test_full_disk_stops_new_work_keeps_the_rest_and_resumes(
         def all_ok(reqs: list[Any]) -> bool:
             return want <= set(ok_rids(reqs))
 
-        await rx.wait_for(all_ok, timeout=30)
+        await rx.wait_for(all_ok, timeout=GENEROUS)
         assert not relay.task.done()  # type: ignore[union-attr]
     assert sorted(ok_rids(rx.requests)) == sorted(want), "each record delivered exactly once"
     assert integrity_check(str(state)) == "ok"
@@ -169,7 +170,7 @@ def relay_cli(config: Path, command: str = "run") -> subprocess.CompletedProcess
         [sys.executable, "-m", "relay", command, "--config", str(config)],
         capture_output=True,
         text=True,
-        timeout=30,
+        timeout=GENEROUS,
         env=ENV,
         check=False,
     )
@@ -248,7 +249,7 @@ async def test_second_relay_on_the_same_state_refuses_to_start(
     sim.add_record(KEY_A, started_at=ago(20))
     first = await start_relay_process(config, ENV, tmp_path / "first.log")
     try:
-        await rx.wait_count(1, timeout=20)
+        await rx.wait_count(1, timeout=GENEROUS)
         second = await asyncio.to_thread(relay_cli, config)
         assert_refused(second, state, "in use by another relay process")
         offline = await asyncio.to_thread(relay_cli, config, "status")
@@ -258,8 +259,7 @@ async def test_second_relay_on_the_same_state_refuses_to_start(
         ]
         # The first relay never noticed: it keeps delivering.
         sim.add_record(KEY_A, started_at=ago(10))
-        await rx.wait_count(2, timeout=20)
+        await rx.wait_count(2, timeout=GENEROUS)
         assert first.returncode is None
     finally:
-        first.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(first.wait(), 20) == 0
+        assert await stop_relay_process(first) == 0

@@ -29,6 +29,7 @@ from relay.sim.receiver import Receiver
 from relay.sim.simulator import MALFORMED, Fault, SimulatedWebFones
 from relay.store.sqlite.store import SqliteStore
 from tests.helpers import (
+    GENEROUS,
     KEY_A,
     RunningRelay,
     Sub,
@@ -69,7 +70,7 @@ class Rig:
         async def served() -> bool:
             return any(e.fault for e in self.sim.request_log[after:])
 
-        await wait_until_async(served, timeout=10)
+        await wait_until_async(served)
 
     async def wait_polls(self, n: int) -> None:
         target = len(self.sim.request_log) + n
@@ -77,7 +78,7 @@ class Rig:
         async def polled() -> bool:
             return len(self.sim.request_log) >= target
 
-        await wait_until_async(polled, timeout=10)
+        await wait_until_async(polled)
 
 
 @pytest.fixture
@@ -130,14 +131,14 @@ async def around_a_fault(
     made = [sim.add_record(KEY_A, started_at=ago(40))]
     async with running(settings or rig.settings()) as relay:
         assert relay.supervisor is not None and relay.task is not None
-        await rx.wait_count(1, timeout=10)
+        await rx.wait_count(1, timeout=GENEROUS)
         rig.caplog.clear()  # only what the fault causes from here on
         served = len(sim.request_log)
         sim.fail_next(fault(sim) if callable(fault) else fault, key=KEY_A)
         made.append(sim.add_record(KEY_A, started_at=ago(30)))
         await rig.wait_fault_served(served)
         made.append(sim.add_record(KEY_A, started_at=ago(20)))
-        await rx.wait_count(3, timeout=15)
+        await rx.wait_count(3, timeout=GENEROUS)
         assert not relay.task.done(), "the relay keeps running"
         cursor = (await relay.supervisor.store.load_cursor("alpha")).newest
     assert sorted(rids(rx.requests)) == sorted(r["rid"] for r in made), "each exactly once"
@@ -234,7 +235,7 @@ async def test_reading_a_50mb_response_costs_at_most_the_cap(sim: SimulatedWebFo
     sim.fail_next(Fault.huge(50 * MiB), key=KEY_A)
     cap = 4 * MiB
     async with aiohttp.ClientSession() as session:
-        client = WebFonesClient(session, sim.url, timeout=20, max_response_bytes=cap)
+        client = WebFonesClient(session, sim.url, timeout=GENEROUS, max_response_bytes=cap)
         tracemalloc.start()
         try:
             with pytest.raises(MalformedResponse, match="exceeds max_response_bytes"):
@@ -350,7 +351,7 @@ async def test_bad_record_is_kept_aside_once_and_the_rest_delivered(rig: Rig, ca
     async with running(rig.settings()) as relay:
         assert relay.supervisor is not None and relay.task is not None
         store = relay.supervisor.store
-        await rx.wait_count(1, timeout=10)
+        await rx.wait_count(1, timeout=GENEROUS)
         rig.caplog.clear()
         if case.one_shot:
             sim.fail_next(raw_answer(sim, bad), key=KEY_A)
@@ -360,7 +361,7 @@ async def test_bad_record_is_kept_aside_once_and_the_rest_delivered(rig: Rig, ca
                 sim.add_raw(KEY_A, {**bad, "cidname_outside": "SOMEONE ELSE"})
         made.append(sim.add_record(KEY_A, started_at=ago(20)))
         deliverable = case.quarantine is None
-        await rx.wait_count(len(made) + deliverable + case.twin, timeout=10)
+        await rx.wait_count(len(made) + deliverable + case.twin, timeout=GENEROUS)
         # The bad record keeps coming back on every poll (and the sweeps): it stays quiet.
         await rig.wait_polls(12)
         stats = await store.stats()
@@ -396,7 +397,7 @@ async def test_each_bad_record_is_logged_once_however_often_it_is_served(rig: Ri
     bad = [base_record(sim, rid=DROP), base_record(sim, call_timestamp="soon")]
     async with running(rig.settings()) as relay:
         assert relay.supervisor is not None
-        await rig.rx.wait_count(1, timeout=10)
+        await rig.rx.wait_count(1, timeout=GENEROUS)
         for record in bad:
             sim.add_raw(KEY_A, record)
         await rig.wait_polls(20)

@@ -8,7 +8,7 @@ import aiohttp
 from pydantic import SecretStr
 
 from relay.sim.receiver import Reply
-from tests.helpers import KEY_A, Sub, make_settings, new_secret, running, wait_until_async
+from tests.helpers import GENEROUS, KEY_A, Sub, make_settings, new_secret, running, wait_until_async
 
 TOKEN = "admin-token-0123456789abcdef"
 
@@ -42,7 +42,7 @@ async def test_admin_status_dead_letters_and_replay(sim, receiver_factory, tmp_p
             async with http.get(base + "/dead-letters", headers=auth) as resp:
                 return len(await resp.json()) == 3
 
-        await wait_until_async(dead, timeout=15)
+        await wait_until_async(dead)
         async with http.get(base + "/status", headers=auth) as resp:
             status = await resp.json()
         assert status["subscribers"]["crm"]["dead"] == 3
@@ -55,5 +55,5 @@ async def test_admin_status_dead_letters_and_replay(sim, receiver_factory, tmp_p
             assert (await resp.json()) == {"replayed": 3}
         await rx.wait_for(
             lambda reqs: len({r.body for r in reqs if r.status_sent == 200}) == len(made),
-            timeout=10,
+            timeout=GENEROUS,
         )

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from relay.cli import main
+from tests.helpers import GENEROUS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -84,7 +85,7 @@ def test_demo_delivers_every_simulated_call_with_valid_signatures() -> None:
         [sys.executable, "-m", "relay", "demo", "--duration", "3", "--rate", "4", "--seed", "3"],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=GENEROUS,
         cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stderr
@@ -125,7 +126,7 @@ def test_demo_without_duration_runs_until_ctrl_c() -> None:
             if re.match(r"^\d\d:\d\d:\d\d  (crm|slack|missed) ", line):
                 break
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
+        out, err = proc.communicate(timeout=GENEROUS)
     finally:
         proc.kill()
     assert proc.returncode == 0, err

@@ -11,6 +11,7 @@ from relay.runtime.stores import open_store
 from relay.sim.receiver import Reply
 from relay.sim.simulator import Fault, SimulatedWebFones
 from tests.helpers import (
+    GENEROUS,
     KEY_A,
     KEY_B,
     Sub,
@@ -32,11 +33,11 @@ async def test_same_second_burst_reaches_every_subscriber_once(sim, receiver_fac
     made = [sim.add_record(KEY_A, started_at=stamp) for _ in range(7)]
     settings = make_settings(tmp_path, sim_url(sim), [Sub("one", url1, s1), Sub("two", url2, s2)])
     async with running(settings):
-        await rx1.wait_count(7, timeout=10)
-        await rx2.wait_count(7, timeout=10)
+        await rx1.wait_count(7, timeout=GENEROUS)
+        await rx2.wait_count(7, timeout=GENEROUS)
         more = [sim.add_record(KEY_A, started_at=stamp) for _ in range(3)]  # same second again
-        await rx1.wait_count(10, timeout=10)
-        await rx2.wait_count(10, timeout=10)
+        await rx1.wait_count(10, timeout=GENEROUS)
+        await rx2.wait_count(10, timeout=GENEROUS)
     expected = sorted(r["rid"] for r in made + more)
     for rx, secret in ((rx1, s1), (rx2, s2)):
         docs = verify_all(rx.requests, secret)
@@ -56,10 +57,10 @@ async def test_late_written_record_inside_lookback_is_delivered(sim, receiver_fa
     first = sim.add_record(KEY_A, started_at=ago(5))
     settings = make_settings(tmp_path, sim_url(sim), [Sub("crm", url, secret)])
     async with running(settings):
-        await rx.wait_count(1, timeout=10)
+        await rx.wait_count(1, timeout=GENEROUS)
         # A 90-minute call, written now, stamped when it began: far behind the cursor.
         late = sim.add_record(KEY_A, started_at=ago(90 * 60))
-        await rx.wait_count(2, timeout=10)
+        await rx.wait_count(2, timeout=GENEROUS)
     assert rids(rx.requests) == [first["rid"], late["rid"]]
     verify_all(rx.requests, secret)
 
@@ -72,11 +73,11 @@ async def test_records_arriving_while_stopped_are_delivered_after_restart(
     settings = make_settings(tmp_path, sim_url(sim), [Sub("crm", url, secret)])
     before = [sim.add_record(KEY_A, started_at=ago(60)) for _ in range(3)]
     async with running(settings):
-        await rx.wait_count(3, timeout=10)
+        await rx.wait_count(3, timeout=GENEROUS)
     during = [sim.add_record(KEY_A, started_at=ago(20)) for _ in range(4)]
     during.append(sim.add_record(KEY_A, started_at=ago(50 * 60)))  # late, written while down
     async with running(settings):
-        await rx.wait_count(8, timeout=10)
+        await rx.wait_count(8, timeout=GENEROUS)
     assert sorted(rids(rx.requests)) == sorted(r["rid"] for r in before + during)
     assert len({r.headers["webhook-id"] for r in rx.requests}) == 8
 
@@ -99,7 +100,7 @@ async def test_upstream_faults_move_no_cursor_and_lose_nothing(sim, receiver_fac
         tmp_path, sim_url(sim), [Sub("crm", url, secret)], upstream={"poll_interval": "20ms"}
     )
     async with running(settings) as relay:
-        await rx.wait_count(5, timeout=30)
+        await rx.wait_count(5, timeout=GENEROUS)
         assert relay.supervisor is not None
     assert sorted(rids(rx.requests)) == sorted(r["rid"] for r in made)
 
@@ -115,7 +116,7 @@ async def test_rejected_key_stops_one_account_only(sim, receiver_factory, tmp_pa
         accounts={"alpha": KEY_A, "broken": "not-a-valid-key-123456"},
     )
     async with running(settings) as relay:
-        await rx.wait_count(3, timeout=10)
+        await rx.wait_count(3, timeout=GENEROUS)
         assert relay.supervisor is not None
         stats = await relay.supervisor.store.stats()
     assert stats.accounts["broken"].status == "auth_failed"
@@ -138,8 +139,8 @@ async def test_two_accounts_and_account_filter(sim, receiver_factory, tmp_path):
         accounts={"alpha": KEY_A, "bravo": KEY_B},
     )
     async with running(settings):
-        await rx_all.wait_count(2, timeout=10)
-        await rx_b.wait_count(1, timeout=10)
+        await rx_all.wait_count(2, timeout=GENEROUS)
+        await rx_b.wait_count(1, timeout=GENEROUS)
     assert sorted(rids(rx_all.requests)) == sorted([a["rid"], b["rid"]])
     assert rids(rx_b.requests) == [b["rid"]]
     assert orjson.loads(rx_b.requests[0].body)["account"] == "bravo"
@@ -159,7 +160,9 @@ async def test_subscriber_failures_are_retried_with_the_same_webhook_id(
     record = sim.add_record(KEY_A, started_at=ago(10))
     settings = make_settings(tmp_path, sim_url(sim), [Sub("crm", url, secret)])
     async with running(settings):
-        await rx.wait_for(lambda reqs: len(reqs) >= 5 and reqs[4].status_sent == 200, timeout=20)
+        await rx.wait_for(
+            lambda reqs: len(reqs) >= 5 and reqs[4].status_sent == 200, timeout=GENEROUS
+        )
     assert len(rx.requests) == 5
     assert {r.headers["webhook-id"] for r in rx.requests} == {rx.requests[0].headers["webhook-id"]}
     bodies = {r.body for r in rx.requests}
@@ -181,12 +184,12 @@ async def test_gone_disables_subscriber_and_keeps_deliveries(sim, receiver_facto
         [Sub("gone", url_gone, new_secret()), Sub("ok", url_ok, new_secret())],
     )
     async with running(settings) as relay:
-        await rx_ok.wait_count(3, timeout=10)
-        await rx_gone.wait_count(1, timeout=10)
+        await rx_ok.wait_count(3, timeout=GENEROUS)
+        await rx_gone.wait_count(1, timeout=GENEROUS)
         assert relay.supervisor is not None
         store = relay.supervisor.store
         more = sim.add_record(KEY_A, started_at=ago(5))
-        await rx_ok.wait_count(4, timeout=10)
+        await rx_ok.wait_count(4, timeout=GENEROUS)
         stats = await store.stats()
     assert stats.subscribers["gone"].disabled
     gone = stats.subscribers["gone"]
@@ -201,7 +204,7 @@ async def test_gone_disables_subscriber_and_keeps_deliveries(sim, receiver_facto
     await store2.close()
     async with running(settings):
         await rx_gone.wait_for(
-            lambda reqs: len({r.body for r in reqs if r.status_sent == 200}) == 4, timeout=10
+            lambda reqs: len({r.body for r in reqs if r.status_sent == 200}) == 4, timeout=GENEROUS
         )
 
 
@@ -219,7 +222,7 @@ async def test_dead_subscriber_does_not_delay_the_healthy_one(sim, receiver_fact
         ],
     )
     async with running(settings) as relay:
-        await rx_ok.wait_count(20, timeout=10)
+        await rx_ok.wait_count(20, timeout=GENEROUS)
         assert relay.supervisor is not None
         store = relay.supervisor.store
 
@@ -229,7 +232,7 @@ async def test_dead_subscriber_does_not_delay_the_healthy_one(sim, receiver_fact
             letters[:] = await store.dead_letters("dead", 100)
             return len(letters) == 20
 
-        await wait_until_async(all_dead, timeout=15)
+        await wait_until_async(all_dead)
         letters = await store.dead_letters("dead", 100)
     assert sorted(rids(rx_ok.requests)) == sorted(r["rid"] for r in made)
     assert len(letters) == 20
@@ -261,7 +264,7 @@ async def test_start_from_now_skips_history_but_delivers_the_first_new_call(
         poller = relay.supervisor.pollers[0]
         await wait_until_async(_polled(poller, 2))
         new = sim.add_record(KEY_A, started_at=ago(1))
-        await rx.wait_count(1, timeout=10)
+        await rx.wait_count(1, timeout=GENEROUS)
     assert rids(rx.requests) == [new["rid"]]
     assert old["rid"] != new["rid"]
     # An account with no calls at all at start: its first call must not be swallowed.
@@ -273,7 +276,7 @@ async def test_start_from_now_skips_history_but_delivers_the_first_new_call(
         assert relay.supervisor is not None
         await wait_until_async(_polled(relay.supervisor.pollers[0], 3))
         first = sim.add_record(KEY_B, started_at=ago(1))
-        await rx2.wait_count(1, timeout=10)
+        await rx2.wait_count(1, timeout=GENEROUS)
     assert rids(rx2.requests) == [first["rid"]]
 
 
@@ -298,7 +301,7 @@ async def test_stop_in_the_middle_of_a_batch_releases_and_redelivers(
         delivery={"grace_period": "200ms"},
     )
     async with running(settings):
-        await rx.wait_count(3, timeout=10)  # three in flight, the rest claimed or queued
+        await rx.wait_count(3, timeout=GENEROUS)  # three in flight, the rest claimed or queued
     store = open_store(settings.state)
     await store.open()
     try:
@@ -312,7 +315,7 @@ async def test_stop_in_the_middle_of_a_batch_releases_and_redelivers(
         await rx.wait_for(
             # The first three requests were cut off by the shutdown; the rest are the restart.
             lambda reqs: set(rids(reqs[3:])) == {m["rid"] for m in made},
-            timeout=10,
+            timeout=GENEROUS,
         )
     verify_all(rx.requests, secret)
 
@@ -333,5 +336,5 @@ async def test_gone_stops_sending_the_claimed_buffer(sim, receiver_factory, tmp_
             stats = (await store.stats()).subscribers.get("gone", QueueCounts())
             return bool(stats.disabled) and stats.pending == 20
 
-        await wait_until_async(disabled_with_all_kept, timeout=10)
+        await wait_until_async(disabled_with_all_kept)
     assert len(rx.requests) == 1, "one 410 is enough: the rest of the buffer is handed back"

@@ -18,6 +18,7 @@ import pytest
 
 from relay.store import Store
 from relay.store.sqlite.store import SqliteStore
+from tests.helpers import GENEROUS
 
 PG_DSN = os.environ.get("RELAY_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 BACKENDS = ["sqlite", "postgres"]
@@ -35,7 +36,7 @@ def _probe() -> str | None:
             return _reachable["result"]
 
         async def ping() -> None:
-            conn = await asyncpg.connect(PG_DSN, timeout=10)
+            conn = await asyncpg.connect(PG_DSN, timeout=GENEROUS)
             await conn.close()
 
         try:

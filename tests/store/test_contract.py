@@ -15,6 +15,7 @@ import pytest
 from relay.core.errors import StoreError
 from relay.core.models import AccountCursor, CallRecord, Finished, IngestBatch, Outcome, Quarantined
 from relay.store import Store
+from tests.helpers import GENEROUS
 from tests.store.builders import LEASE, NOW, T0, batch, opened, rec, result, ts
 
 # -- ingest ---------------------------------------------------------------------------------------
@@ -494,7 +495,7 @@ async def test_listen_reports_listening_first(store: Store) -> None:
         store.listen(lambda kind, subject: heard.put_nowait((kind, subject)))
     )
     try:
-        assert await asyncio.wait_for(heard.get(), 60) == ("listening", "")
+        assert await asyncio.wait_for(heard.get(), GENEROUS) == ("listening", "")
         await store.notify("config", "reloaded")  # a no-op where nobody else can listen
     finally:
         task.cancel()

@@ -15,7 +15,7 @@ from relay.core.errors import StoreError
 from relay.core.models import Outcome
 from relay.store.postgres import PostgresStore, migrations
 from relay.store.postgres import sql as pg_sql
-from tests.helpers import wait_until_async
+from tests.helpers import GENEROUS, wait_until_async
 from tests.store.builders import LEASE, NOW, T0, batch, opened, result
 from tests.store.conftest import PG_DSN, pg_execute
 
@@ -219,20 +219,20 @@ async def test_listen_wakes_on_ingest_replay_and_subscriber_changes(
     heard: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
     task = asyncio.create_task(two.listen(lambda kind, subject: heard.put_nowait((kind, subject))))
     try:
-        assert await asyncio.wait_for(heard.get(), 60) == ("listening", "")
+        assert await asyncio.wait_for(heard.get(), GENEROUS) == ("listening", "")
         await one.ingest(batch([1], ("a", "b")))
-        assert {await asyncio.wait_for(heard.get(), 60) for _ in range(2)} == {
+        assert {await asyncio.wait_for(heard.get(), GENEROUS) for _ in range(2)} == {
             ("due", "a"),
             ("due", "b"),
         }
         [d] = await one.claim("a", 1, T0, LEASE)
         await one.finish([result(d.id, Outcome.DEAD, status=400, token=d.token)])
         assert await one.replay("a", None, T0 + 1) == 1
-        assert await asyncio.wait_for(heard.get(), 60) == ("due", "a")
+        assert await asyncio.wait_for(heard.get(), GENEROUS) == ("due", "a")
         await one.set_subscriber_disabled("b", "paused", NOW)
-        assert await asyncio.wait_for(heard.get(), 60) == ("subscriber", "b")
+        assert await asyncio.wait_for(heard.get(), GENEROUS) == ("subscriber", "b")
         await one.notify("config", "reload:now")
-        assert await asyncio.wait_for(heard.get(), 60) == ("config", "reload:now")
+        assert await asyncio.wait_for(heard.get(), GENEROUS) == ("config", "reload:now")
 
         # The listening connection is dropped: it reconnects and says so.
         await pg_execute(
@@ -240,9 +240,9 @@ async def test_listen_wakes_on_ingest_replay_and_subscriber_changes(
             "WHERE application_name = $1 AND query LIKE 'LISTEN%'",
             one.target.application_name,
         )
-        assert await asyncio.wait_for(heard.get(), 60) == ("listening", "")
+        assert await asyncio.wait_for(heard.get(), GENEROUS) == ("listening", "")
         await one.ingest(batch([2], ("c",)))
-        assert await asyncio.wait_for(heard.get(), 60) == ("due", "c")
+        assert await asyncio.wait_for(heard.get(), GENEROUS) == ("due", "c")
     finally:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -276,10 +276,10 @@ async def test_a_terminated_connection_mid_use_is_a_store_error_then_recovers(
             )
             return bool(victims)
 
-        await wait_until_async(waiting, timeout=120)
+        await wait_until_async(waiting)
         await blocker.execute("SELECT pg_terminate_backend($1)", victims[0][0])
         with pytest.raises(StoreError) as caught:
-            await asyncio.wait_for(write, 60)
+            await asyncio.wait_for(write, GENEROUS)
         assert "set subscriber state failed" in str(caught.value)
         await tx.rollback()
     finally:

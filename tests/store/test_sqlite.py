@@ -27,6 +27,7 @@ from relay.core.errors import StoreError, StoreFull, StoreLocked
 from relay.core.models import AccountCursor, IngestBatch, Outcome
 from relay.store.sqlite import sql as sqlite_backend
 from relay.store.sqlite.store import SqliteStore, integrity_check
+from tests.helpers import GENEROUS
 from tests.store.builders import LEASE, T0, batch, opened, rec, result, ts
 
 REPO = Path(__file__).resolve().parents[2]
@@ -305,10 +306,10 @@ async def test_sqlite_lock_holds_against_another_process(tmp_path: Path) -> None
     path = str(tmp_path / "state.db")
     async with opened(SqliteStore(path)):
         with run_python(TRY_OPEN, path) as proc:
-            out, _ = proc.communicate(timeout=30)
+            out, _ = proc.communicate(timeout=GENEROUS)
         assert out.strip() == f"StoreLocked state file {path} is in use by another relay process"
     with run_python(TRY_OPEN, path) as proc:
-        out, _ = proc.communicate(timeout=30)
+        out, _ = proc.communicate(timeout=GENEROUS)
     assert out.strip() == "opened"
 
 
@@ -321,7 +322,7 @@ async def test_sqlite_survives_kill_9(tmp_path: Path) -> None:
         for _ in range(3):
             assert proc.stdout.readline().strip() == "committed"
         proc.kill()  # SIGKILL, most likely mid-ingest: no chance to clean up
-        proc.wait(timeout=30)
+        proc.wait(timeout=GENEROUS)
 
     assert integrity_check(path) == "ok"
     async with opened(SqliteStore(path)) as s:  # the dead process's lock is gone

@@ -38,6 +38,7 @@ from relay.ingest.upstream import WebFonesClient
 from relay.sim.simulator import Fault, SimulatedWebFones
 from relay.store.sqlite.store import SqliteStore
 from tests.helpers import (
+    GENEROUS,
     KEY_A,
     Sub,
     ago,
@@ -435,7 +436,7 @@ async def _rigs(
             return outcome
 
         store.ingest = spy  # type: ignore[method-assign]
-        client = WebFonesClient(session, sim.url, timeout=10, max_response_bytes=64 << 20)
+        client = WebFonesClient(session, sim.url, timeout=GENEROUS, max_response_bytes=64 << 20)
         notified: list[list[str]] = []
         account = conf.upstream.accounts[0]
         the_poller = AccountPoller(
@@ -670,7 +671,7 @@ async def test_a_catch_up_through_the_running_relay_delivers_each_record_once(
     made = add_records(sim, 150)
     conf = make_settings(tmp_path, sim.url, [Sub("crm", url, secret)])
     async with running(conf):
-        await rx.wait_count(len(made), timeout=20)
+        await rx.wait_count(len(made), timeout=GENEROUS)
     assert sorted(rids(rx.requests)) == sorted(r["rid"] for r in made)
     by_rid = {r["rid"]: r for r in made}
     for sent in verify_all(rx.requests, secret):
