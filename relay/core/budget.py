@@ -3,11 +3,22 @@ in any window of ``per`` seconds (pure; the bucket itself lives in :mod:`relay.i
 
 from __future__ import annotations
 
+import hashlib
+
 # The rate is shrunk by this fraction: it absorbs float rounding and, more usefully, jitter in
 # how long a request takes to reach the upstream (1% of a 15-minute window is 9 s).
 SAFETY = 0.01
 MAX_PAUSE = 3600.0  # a Retry-After longer than this is not believed; we look again after it
 MIN_WAIT = 0.001  # the shortest wait bucket_spend answers
+
+
+def key_id(api_key: str) -> str:
+    """The name under which an API key's spends are stored: 16 hex digits of its SHA-256.
+
+    Stable across restarts and processes (the store keys the durable window by it), and never
+    the key itself: the state file and its backups are no place for a credential.
+    """
+    return hashlib.sha256(api_key.encode()).hexdigest()[:16]
 
 
 def default_burst(requests: int) -> int:

@@ -1,38 +1,63 @@
 """The upstream request budget of one API key: at most ``requests`` in any ``per`` seconds.
 
 WebFones allows a fixed number of requests per window per API key (1000 per 15 minutes today).
-Accounts that share a key share one :class:`KeyBudget`. Time comes only from the event loop's
-clock, so tests drive it with virtual time instead of sleeping.
+Accounts that share a key share one :class:`KeyBudget`. Two layers keep the bound:
+
+* a local leaky bucket (:mod:`relay.core.budget` has the arithmetic) spreads requests evenly;
+  its time comes only from the event loop's clock, so tests drive it with virtual time;
+* the same bucket kept durably in the store (:meth:`~relay.store.base.Store.spend_budget`):
+  every request is paid for there, at wall-clock time, before it leaves. A restarted process
+  starts with a fresh local bucket, but the store still holds what its predecessor spent, so
+  the first poll after a restart waits if that budget is already spent.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 
 from aiolimiter import AsyncLimiter
 
 from relay.core.budget import MAX_PAUSE, bucket_params, default_burst
+from relay.store.base import Store
+
+# The shortest sleep on a wait the store asks for: the store counts on the wall clock and we
+# sleep on the loop's, so a wait can come back a hair short; this keeps that from spinning.
+MIN_STORE_WAIT = 0.01
 
 
 class KeyBudget:
     """Admits upstream requests for one API key within its budget, and honours 429 pauses.
 
-    ``acquire()`` waits for both: no pause in force, and room in the leaky bucket. ``pause()``
-    after a 429 stops every poller on the key until the pause ends.
+    ``acquire()`` waits for all of: no pause in force, room in the leaky bucket, and (with a
+    ``store``) a charge committed to the durable bucket. ``pause()`` after a 429 stops every
+    poller on the key until the pause ends.
     """
 
-    def __init__(self, requests: int, per: float, burst: int | None = None) -> None:
-        capacity, period = bucket_params(
-            requests, per, default_burst(requests) if burst is None else burst
-        )
+    def __init__(
+        self,
+        requests: int,
+        per: float,
+        burst: int | None = None,
+        *,
+        store: Store | None = None,
+        key_id: str = "",
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.burst = default_burst(requests) if burst is None else burst
+        capacity, period = bucket_params(requests, per, self.burst)
         self.requests = requests
         self.per = per
         self._limiter = AsyncLimiter(capacity, period)
         self._paused_until = float("-inf")  # loop time
+        self._store = store
+        self._key_id = key_id
+        self._clock = clock  # wall clock, for the store: shared by processes and restarts
         self.waiting = 0  # acquirers currently blocked, for status and tests
 
     async def acquire(self) -> None:
-        """Wait until a request on this key may be sent now."""
+        """Wait until a request on this key may be sent now (and, with a store, is paid for)."""
         loop = asyncio.get_running_loop()
         self.waiting += 1
         try:
@@ -43,17 +68,34 @@ class KeyBudget:
                     await asyncio.sleep(remaining)
                     continue
                 await self._limiter.acquire()
-                if self._paused_until <= loop.time():
+                if self._paused_until > loop.time():
+                    # A pause began while we queued in the bucket. Sending after it ends would
+                    # use a token taken before it, on top of the burst that builds up during the
+                    # pause, and break the window bound; so this token is forfeited (which can
+                    # only lower the rate) and a fresh one is taken once the pause is over.
+                    continue
+                wait = await self._pay()
+                if wait <= 0:
                     return
-                # A pause began while we queued in the bucket. Sending after it ends would use
-                # a token taken before it, on top of the burst that builds up during the pause,
-                # and break the window bound; so this token is forfeited (which can only lower
-                # the rate) and a fresh one is taken once the pause is over.
+                # The budget is spent (by a previous process, or by another relay on a shared
+                # store): the token is forfeited too, and everything is checked again after.
+                await asyncio.sleep(max(wait, MIN_STORE_WAIT))
         finally:
             # Reached on success and on cancellation alike: sleeping or queued waiters are
             # cancelled with their own timers or futures, and aiolimiter discards cancelled
-            # futures without charging the bucket.
+            # futures without charging the bucket. A spend the store recorded for a request
+            # that then never went out only lowers the rate.
             self.waiting -= 1
+
+    async def _pay(self) -> float:
+        """Record the spend durably before the request leaves; 0 or how long to wait first."""
+        if self._store is None:
+            return 0.0
+        # The same bucket as the local one (its SAFETY absorbs requests reaching the upstream
+        # a little unevenly after they were paid for), on the wall clock, kept in the store.
+        return await self._store.spend_budget(
+            self._key_id, self._clock(), self.requests, self.per, self.burst
+        )
 
     def pause(self, seconds: float) -> None:
         """Stop all acquisitions on this key for ``seconds`` (capped at :data:`MAX_PAUSE`).

@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo
 import aiohttp
 
 from relay.config.schema import Settings
+from relay.core.budget import key_id
 from relay.core.status import RelayStatus, RuntimeAccount, RuntimeSubscriber
 from relay.delivery.claimer import SubscriberDispatcher
 from relay.delivery.http1 import Http1Client
@@ -71,7 +72,13 @@ def build_pipeline(
     for account in up.accounts:
         key = account.api_key.get_secret_value()
         if key not in budgets:
-            budgets[key] = KeyBudget(up.rate_limit.requests, up.rate_limit.per)
+            budgets[key] = KeyBudget(
+                up.rate_limit.requests,
+                up.rate_limit.per,
+                store=store,
+                key_id=key_id(key),
+                clock=clock,
+            )
     results = ResultWriter(store)
     dispatchers = {
         sub.name: SubscriberDispatcher(

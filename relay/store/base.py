@@ -268,13 +268,15 @@ class Store(abc.ABC):
         more than ``requests``, whichever instances spend. A pause (:meth:`pause_budget`) in
         force makes it answer the rest of the pause. ``key_id`` names the key without being it
         (never pass the API key itself). Instances' clocks must agree (NTP); time never runs
-        backwards in the bucket.
+        backwards in the bucket. The bucket is durable: the charge is committed before this
+        returns, so a restarted relay starts from what its predecessor spent (and a request
+        is paid for before it leaves).
         """
 
     @abc.abstractmethod
     async def pause_budget(self, key_id: str, until: float) -> None:
         """Refuse every spend on ``key_id`` until ``until`` (after a 429); a pause only ever
-        extends."""
+        extends, and is durable like the bucket."""
 
     # -- several instances: wake-ups ----------------------------------------------------------
 

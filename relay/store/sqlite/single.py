@@ -1,10 +1,11 @@
 """The multi-instance part of the store interface, for a store with exactly one owner.
 
 An SQLite state file is locked by one relay process, so there is never another instance to
-share with: the registry, account leases and API budgets live in memory, with the same
-observable contract as on PostgreSQL (a lease still expires, a budget still refuses), and
-wake-ups are in-process already. Nothing here survives a restart, and nothing needs to: the
-next owner recovers every in-flight delivery when it opens the file.
+share with: the registry and account leases live in memory, with the same observable
+contract as on PostgreSQL (a lease still expires), and wake-ups are in-process already. Nothing
+here survives a restart, and nothing needs to: the next owner recovers every in-flight delivery
+when it opens the file. API budgets are the exception, and live in the file
+(:mod:`relay.store.sqlite.ledger`): what a key spent must outlive the process that spent it.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from relay.core.budget import bucket_params, bucket_spend, default_burst
 from relay.store.base import Wakeup
 
 
@@ -23,21 +23,13 @@ class _Lease:
 
 
 @dataclass(slots=True)
-class _Bucket:
-    level: float
-    at: float
-    paused_until: float | None = None
-
-
-@dataclass(slots=True)
 class _State:
     instances: dict[str, float] = field(default_factory=dict)  # id -> alive until
     leases: dict[str, _Lease] = field(default_factory=dict)
-    buckets: dict[str, _Bucket] = field(default_factory=dict)
 
 
 class SingleOwnerMixin:
-    """Registry, leases, budgets and wake-ups of a single-owner store, kept in memory."""
+    """Registry, leases and wake-ups of a single-owner store, kept in memory."""
 
     _single: _State | None = None
 
@@ -100,26 +92,6 @@ class SingleOwnerMixin:
         return {
             a: lease.owner for a, lease in self._state().leases.items() if lease.expires_at > now
         }
-
-    # -- API budgets --------------------------------------------------------------------------
-
-    async def spend_budget(
-        self, key_id: str, now: float, requests: int, per: float, burst: int | None = None
-    ) -> float:
-        capacity, period = bucket_params(
-            requests, per, default_burst(requests) if burst is None else burst
-        )
-        bucket = self._state().buckets.setdefault(key_id, _Bucket(0.0, now))
-        if bucket.paused_until is not None and bucket.paused_until > now:
-            return bucket.paused_until - now
-        bucket.level, bucket.at, wait = bucket_spend(
-            bucket.level, bucket.at, now, capacity, capacity / period
-        )
-        return wait
-
-    async def pause_budget(self, key_id: str, until: float) -> None:
-        bucket = self._state().buckets.setdefault(key_id, _Bucket(0.0, until))
-        bucket.paused_until = max(bucket.paused_until or until, until)
 
     # -- wake-ups -----------------------------------------------------------------------------
 

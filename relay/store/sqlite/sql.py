@@ -114,9 +114,17 @@ CREATE TABLE subscriber_state (
 # read back from the current cursor and could miss a record written late behind the old one).
 SCHEMA_V2 = "ALTER TABLE cursors ADD COLUMN sweep_anchor TEXT"
 
-# Version 3: a placeholder, no change. The persisted upstream budget (issue 8 §2, another
-# branch) takes this number; when that lands it replaces this empty step.
-SCHEMA_V3 = ""
+# Version 3: each API key's budget bucket (see relay.store.sqlite.ledger), so that a restarted
+# relay does not spend again a window its previous process already spent (it lived in memory).
+# ``key_id`` is a digest of the key, never the key.
+SCHEMA_V3 = """
+CREATE TABLE budget_buckets (
+    key_id        TEXT PRIMARY KEY,
+    level         REAL NOT NULL,
+    at            REAL NOT NULL,
+    paused_until  REAL
+)
+"""
 
 # Version 4 (issue 8 #7, #8): a quarantined record is kept once per account and content (its
 # digest), with when it was first and last seen, so that a restart does not keep it again and

@@ -46,7 +46,7 @@ from relay.core.models import (
 from relay.core.status import StoreStats
 from relay.store.base import Store
 from relay.store.bodies import BodyCache
-from relay.store.sqlite import retention
+from relay.store.sqlite import ledger, retention
 from relay.store.sqlite import sql as q
 from relay.store.sqlite.single import SingleOwnerMixin
 
@@ -197,6 +197,17 @@ class SqliteStore(SingleOwnerMixin, Store):
         return await self._run(
             "prune seen", q.execute, q.SQL_PRUNE_SEEN, (account, older_than_ts, seen_before)
         )
+
+    # Durable here, not in SingleOwnerMixin's memory: a restart must not refill the bucket.
+    async def spend_budget(
+        self, key_id: str, now: float, requests: int, per: float, burst: int | None = None
+    ) -> float:
+        return await self._run(
+            "spend budget", ledger.spend_budget, key_id, now, requests, per, burst
+        )
+
+    async def pause_budget(self, key_id: str, until: float) -> None:
+        await self._run("pause budget", ledger.pause_budget, key_id, until)
 
     # -- delivery -----------------------------------------------------------------------------
 
