@@ -14,6 +14,7 @@ import pytest
 from relay.core.callview import call_view
 from relay.core.formats import FormatSpec, render
 from relay.sim.chat_receivers import DiscordLike, SlackLike, TeamsLike
+from tests.helpers import GENEROUS
 
 RECORD = {
     "rid": 1,
@@ -129,7 +130,7 @@ async def test_slack_burst_allowance(http: aiohttp.ClientSession) -> None:
     try:
         statuses = [(await post(http, slack.url(), {"text": str(i)}))[0] for i in range(4)]
         assert statuses == [200, 200, 200, 429]
-        await slack.wait_accepted(3, timeout=5)
+        await slack.wait_accepted(3, timeout=GENEROUS)
     finally:
         await slack.stop()
 
