@@ -21,21 +21,12 @@ from relay.core.formats import (
 )
 from relay.core.formats.common import clean, headline, mmss, truncate
 from relay.core.formats.discord import embed_length
+from relay.core.formats.template import SAMPLE_RECORD
 
 NY = ZoneInfo("America/New_York")
 ENV: EnvelopeFields = {"account": "acme", "received_at": 1751417700.5}
-BASE: dict[str, Any] = {
-    "rid": 211159,
-    "call_timestamp": "2025-07-01 20:54:53",
-    "cidname_outside": "B WHITTAKER",
-    "cidext_inside": "3203",
-    "direction": "INCOMING",
-    "cidnumber_outside": "(111) 111-1111",
-    "cidnumber_inside": "(111) 111-1111, x3203",
-    "disposition": "NO ANSWER",
-    "duration": 25,
-    "billsec": 0,
-}
+# The spec's sample record, as a missed call.
+BASE: dict[str, Any] = {**SAMPLE_RECORD, "disposition": "NO ANSWER", "duration": 25, "billsec": 0}
 LONG = "Ω" * 9000
 
 

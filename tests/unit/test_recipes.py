@@ -17,6 +17,7 @@ import yaml
 from relay.core.callview import call_view
 from relay.core.filters import compile_filter
 from relay.core.formats import EnvelopeFields, compile_format, render
+from relay.core.formats.template import SAMPLE_RECORD
 from relay.sim.chat_receivers import DiscordLike, SlackLike, TeamsLike
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "RECIPES.md"
@@ -25,19 +26,8 @@ REGION = "US"
 ENV: EnvelopeFields = {"account": "acme", "received_at": 1751417700.5, "webhook_id": "msg_x"}
 
 SAMPLES: list[dict[str, Any]] = [
-    {
-        "rid": 211159,
-        "call_timestamp": "2025-07-01 20:54:53",
-        "cidname_outside": "B WHITTAKER",
-        "cidext_inside": "3203",
-        "direction": "INCOMING",
-        "cidnumber_outside": "(111) 111-1111",
-        "cidnumber_inside": "(111) 111-1111, x3203",
-        "disposition": "NO ANSWER",
-        "duration": 25,
-        "billsec": 0,
-        "queue": "Sales",
-    },
+    # The spec's sample record, as a missed call to the Sales queue.
+    {**SAMPLE_RECORD, "disposition": "NO ANSWER", "duration": 25, "billsec": 0, "queue": "Sales"},
     {
         "rid": 211160,
         "call_timestamp": "2025-07-01 21:02:10",
