@@ -7,6 +7,7 @@ import asyncio
 import base64
 import contextlib
 import datetime as dt
+import resource
 import secrets
 import signal
 import sqlite3
@@ -171,9 +172,17 @@ READY_LINE = b"relay running:"  # logged once the signal handlers are in place a
 
 
 async def start_relay_process(
-    config: Path, env: Mapping[str, str], log: Path, *args: str
+    config: Path, env: Mapping[str, str], log: Path, *args: str, nofile: int | None = None
 ) -> asyncio.subprocess.Process:
-    """``relay run --config CONFIG`` as a real process, its stderr appended to ``log``."""
+    """``relay run --config CONFIG`` as a real process, its stderr appended to ``log``.
+
+    ``nofile`` sets its soft and hard open-file limits (like ``ulimit -n`` in its shell).
+    """
+
+    def limit() -> None:
+        if nofile is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
     offset = log.stat().st_size if log.exists() else 0
     with open(log, "ab") as stderr:  # the child keeps its own copy of the descriptor
         proc = await asyncio.create_subprocess_exec(
@@ -187,6 +196,7 @@ async def start_relay_process(
             env=dict(env),
             stdout=asyncio.subprocess.DEVNULL,
             stderr=stderr,
+            preexec_fn=limit if nofile is not None else None,
         )
     STARTED.append(proc)
     _LOG_START[id(proc)] = (log, offset)

@@ -381,6 +381,11 @@ class AdminSettings(_Section):
 
     listen: Annotated[str, AfterValidator(_check_listen)] | None = None
     token: SecretStr | None = None
+    # Host names (besides IP literals and localhost) the admin API answers to: a browser sends
+    # the name it resolved, and refusing other names defeats DNS rebinding.
+    allowed_hosts: list[Name] = Field(default_factory=list)
+    max_connections: int = Field(default=64, ge=1, le=10000)
+    idle_timeout: PositiveDuration = 15.0  # a connection with no complete request is closed
 
     @model_validator(mode="after")
     def _token_unless_loopback(self) -> AdminSettings:

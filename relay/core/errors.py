@@ -88,3 +88,8 @@ class TemplateCompileError(RenderError, ValueError):
 class NonFiniteNumber(RelayError, ValueError):
     """A record holds NaN or an infinity, which JSON cannot carry: it is kept aside, never sent
     (orjson would write ``null``, the standard library the invalid ``Infinity``)."""
+
+
+class LocalResourceError(RelayError):
+    """The relay itself ran out of a resource (file descriptors, buffers) before a request
+    left: nobody's fault downstream, so no delivery attempt is spent on it."""

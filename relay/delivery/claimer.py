@@ -23,9 +23,10 @@ from collections.abc import Callable
 
 from relay.config.schema import DeliverySettings, SubscriberSettings
 from relay.core.aio import wait_any
-from relay.core.errors import StoreError
+from relay.core.errors import LocalResourceError, StoreError
 from relay.core.models import Delivery, Finished, Outcome
 from relay.core.retry import Verdict, classify, next_attempt_at
+from relay.core.status import RuntimeSubscriber
 from relay.delivery.results import ResultWriter
 from relay.delivery.sender import AttemptOutcome, Sender
 from relay.store.base import Store
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 IDLE_RECHECK = 5.0  # even with nothing due, look at the store this often (replays, re-enables)
 STORE_RETRY = 1.0
 RESULT_LAG = 0.05  # how long a just-finished result may sit in the write batch
+LOCAL_BACKOFF = 1.0  # a worker that hit a local resource error (EMFILE) rests this long
 MIN_BUFFER = 128  # claimed deliveries a subscriber may hold; claims of half of it amortise well
 
 
@@ -80,6 +82,7 @@ class SubscriberDispatcher:
         self._space = asyncio.Event()
         self.disabled = False
         self._soonest: float | None = None  # earliest retry we scheduled and may not see yet
+        self.stats = RuntimeSubscriber()  # what the operator surfaces show
 
     async def claim_loop(self, stop: asyncio.Event) -> None:
         """Keep the local buffer topped up from the store until ``stop``."""
@@ -171,6 +174,19 @@ class SubscriberDispatcher:
             return
         try:
             outcome = await self._sender.send(delivery)
+        except LocalResourceError as exc:
+            # This process is out of descriptors: not the receiver's fault, so no attempt is
+            # recorded; the delivery goes back to the queue and this worker rests a moment.
+            log.warning(
+                "no attempt made, delivery released: %s",
+                exc,
+                extra={"subscriber": self.name, "account": delivery.account, "rid": delivery.rid},
+            )
+            self.stats.record("local_error", None, str(exc), self._clock())
+            await self._give_back(delivery)
+            await asyncio.sleep(LOCAL_BACKOFF)
+            return
+        try:
             finished = self._decide(delivery, outcome)
             if finished.outcome is Outcome.GONE:
                 await self._finish_gone(finished)
@@ -184,6 +200,10 @@ class SubscriberDispatcher:
             raise
         self._held.discard(delivery.id)
         self._space.set()
+        attempt = outcome.attempt
+        self.stats.record(
+            finished.outcome.value, attempt.latency_ms / 1000.0, attempt.error, attempt.at
+        )
         self._log(delivery, outcome, finished)
 
     async def _finish_gone(self, finished: Finished) -> None:

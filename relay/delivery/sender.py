@@ -9,6 +9,7 @@ The sender never raises for anything the receiver or the network does; every out
 
 from __future__ import annotations
 
+import errno
 import ssl
 import time
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from zoneinfo import ZoneInfo
 
 from relay import USER_AGENT
 from relay.config.schema import SubscriberSettings
-from relay.core.errors import RenderError
+from relay.core.errors import LocalResourceError, RenderError
 from relay.core.keys import signature_headers
 from relay.core.models import Attempt, Delivery
 from relay.core.retry import parse_retry_after
@@ -25,6 +26,9 @@ from relay.delivery.http1 import BadResponse, Disconnected, Http1Client
 from relay.delivery.shaping import Shaper
 
 _UTC = ZoneInfo("UTC")
+
+# errnos that describe this process or host running short, not the receiver failing.
+LOCAL_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,8 +67,10 @@ class Sender:
         )
 
     async def send(self, delivery: Delivery, *, msg_id: str | None = None) -> AttemptOutcome:
-        """POST the delivery once. Never raises except CancelledError. ``msg_id`` replaces the
-        delivery's stable ``webhook-id`` (``relay send-test``)."""
+        """POST the delivery once. Never raises for what the receiver or the network does;
+        raises :class:`LocalResourceError` when this process could not even try (EMFILE…),
+        and CancelledError. ``msg_id`` replaces the delivery's stable ``webhook-id``
+        (``relay send-test``)."""
         if msg_id is None:
             msg_id = webhook_id(delivery.account, delivery.rid, self._name)
         now = time.time()
@@ -91,6 +97,8 @@ class Sender:
         except (Disconnected, BadResponse) as exc:
             error = str(exc)
         except OSError as exc:
+            if exc.errno in LOCAL_ERRNOS:
+                raise LocalResourceError(f"cannot open a connection: {exc.strerror}") from exc
             error = f"cannot connect: {exc.strerror or exc}"
         else:
             status = resp.status

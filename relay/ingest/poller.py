@@ -17,14 +17,16 @@ when the window is read again.
 from __future__ import annotations
 
 import asyncio
+import copy
 import hashlib
 import logging
 import random
 import time
 from array import array
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -43,6 +45,7 @@ from relay.core.errors import (
 )
 from relay.core.models import AccountCursor, CallRecord, IngestBatch, Quarantined
 from relay.core.retry import upstream_backoff
+from relay.core.status import RuntimeAccount
 from relay.core.window import (
     PollPlan,
     WindowPolicy,
@@ -145,9 +148,29 @@ class AccountPoller:
         self._quarantined: OrderedDict[bytes, None] = OrderedDict()
         self._status: tuple[str, str | None] | None = None
         self.polls = 0  # successful polls, for status and tests
+        # What the operator surfaces show (see relay.core.status); request times are kept for
+        # the "spent in the current window" figure, at most one budget's worth of them.
+        self.stats = RuntimeAccount(
+            budget_requests=up.rate_limit.requests, budget_per=up.rate_limit.per, timeout=up.timeout
+        )
+        self._requests: deque[float] = deque(maxlen=up.rate_limit.requests)
+
+    def snapshot(self, now: float) -> RuntimeAccount:
+        """A copy of :attr:`stats` as of ``now`` (for the status model)."""
+        per = self.stats.budget_per
+        while self._requests and self._requests[0] <= now - per:
+            self._requests.popleft()
+        self.stats.requests_in_window = len(self._requests)
+        return copy.deepcopy(self.stats)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Poll until ``stop`` is set, backing off on failures; never raises for upstream faults."""
+        try:
+            await self._run(stop)
+        finally:
+            self.stats.enter("stopped", self._clock())
+
+    async def _run(self, stop: asyncio.Event) -> None:
         await self.load()
         failures = 0
         while not stop.is_set():
@@ -158,6 +181,7 @@ class AccountPoller:
                 if await unless_stopped(stop, self.poll_once()) is None:
                     return
                 failures = 0
+                self.stats.count("ok", None)
                 await self._set_status("ok", None)
             except UpstreamAuthError as exc:
                 log.error(
@@ -166,6 +190,7 @@ class AccountPoller:
                     AUTH_RETRY,
                     extra={"account": self.name, "status": exc.status},
                 )
+                self.stats.count("auth_failed", str(exc))
                 await self._set_status("auth_failed", str(exc))
                 delay = AUTH_RETRY
             except UpstreamRateLimited as exc:
@@ -177,6 +202,7 @@ class AccountPoller:
                     pause,
                     extra={"account": self.name},
                 )
+                self.stats.count("rate_limited", str(exc))
                 await self._set_status("rate_limited", str(exc))
                 delay = pause
             except UpstreamError as exc:
@@ -195,6 +221,7 @@ class AccountPoller:
                     exc,
                     extra={"account": self.name, "attempt": failures},
                 )
+                self.stats.count("backing_off", str(exc))
                 await self._set_status("backing_off", str(exc))
             except StoreFull:
                 failures += 1
@@ -203,10 +230,14 @@ class AccountPoller:
                     "state disk is full: not taking new records until space returns",
                     extra={"account": self.name},
                 )
+                self.stats.count("store_error", "state disk is full")
             except StoreError as exc:
                 failures += 1
                 delay = upstream_backoff(failures, base=1.0, cap=60.0, jitter=random.random())
                 log.error("state store error: %s", exc, extra={"account": self.name})
+                self.stats.count("store_error", str(exc))
+            now = self._clock()
+            self.stats.enter("waiting", now, now + delay)
             await wait_or_stop(stop, delay)
 
     async def load(self) -> None:
@@ -226,7 +257,10 @@ class AccountPoller:
             self._tz,
             sweep_from=self._anchor,
         )
+        self.stats.enter("budget", now)
         await self._budget.acquire()
+        self._requests.append(self._clock())
+        self.stats.enter("polling", self._clock())
         response = await self._client.fetch(self._credentials, plan.since)
         received_at = self._clock()
         skew = self._settings.upstream.max_clock_skew
@@ -255,6 +289,8 @@ class AccountPoller:
             self._anchor = cursor
         self._cursor = AccountCursor(cursor, last_sweep, self._anchor)
         self.polls += 1
+        if cursor is not None:
+            self.stats.newest_call_at = _epoch(cursor, self._tz)
         if plan.seed_only and poll.new:
             log.info(
                 "start_from=now: %d existing records remembered, not delivered",
@@ -377,6 +413,7 @@ class AccountPoller:
         poll.stored.extend(batch.rids)
         self._remember_quarantined(batch.fresh_invalid)
         poll.new += len(outcome.new_rids)
+        self.stats.ingested += len(outcome.new_rids)
         if poll.plan.seed_only or not outcome.new_rids:
             return
         self._log_new(outcome.new_rids, batch.records)
@@ -485,6 +522,14 @@ def _check_repeats(poll: _Poll, batch: _Batch) -> None:
     """StreamAbandoned if a rid of ``batch`` was in a batch already stored for this response."""
     if batch.rids and not batch.rids.isdisjoint(poll.stored):
         raise StreamAbandoned("a rid repeats in the response")
+
+
+def _epoch(call_ts: str, tz: ZoneInfo) -> float | None:
+    """The instant an upstream ``call_timestamp`` names, in the upstream's zone."""
+    try:
+        return datetime.strptime(call_ts, "%Y-%m-%d %H:%M:%S").replace(tzinfo=tz).timestamp()
+    except ValueError:
+        return None
 
 
 def _raw(value: Any) -> bytes:

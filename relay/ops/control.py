@@ -1,11 +1,30 @@
-"""The small typed interface through which operators' tools (the admin API, later the dashboard)
-act on a running relay, without reaching into its parts."""
+"""The small typed interface through which operators' tools (the admin API, metrics, the
+dashboard) act on a running relay, without reaching into its parts. The runtime implements it
+(:class:`relay.runtime.supervisor.Supervisor`); ops never imports the runtime."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Protocol
 
+from relay.config.schema import Settings
 from relay.core.status import RelayStatus
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadResult:
+    """What a reload did (``problems`` non-empty: rejected, the running config stays)."""
+
+    problems: list[str] = field(default_factory=list)
+    added: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    kept_pending: dict[str, int] = field(default_factory=dict)  # removed subscriber -> queue
+
+    @property
+    def ok(self) -> bool:
+        """True when the new configuration is in effect."""
+        return not self.problems
 
 
 class RelayControl(Protocol):
@@ -16,6 +35,10 @@ class RelayControl(Protocol):
         """True once every loop has started (and until shutdown begins)."""
 
     @property
+    def settings(self) -> Settings:
+        """The configuration in effect (changes on reload)."""
+
+    @property
     def subscriber_names(self) -> list[str]:
         """The names of the subscribers this process delivers to."""
 
@@ -24,3 +47,6 @@ class RelayControl(Protocol):
 
     def wake(self, subscribers: list[str] | None = None) -> None:
         """Make the named subscribers' claimers (all, for None) look at the store now."""
+
+    async def reload(self) -> ReloadResult:
+        """Re-read the configuration file and apply the differences."""

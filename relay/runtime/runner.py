@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
 import signal
 from collections.abc import AsyncIterator, Callable
 
@@ -54,6 +55,7 @@ async def run_relay(
     on_started: Callable[[Supervisor], None] | None = None,
 ) -> None:
     """Run the relay until ``stop`` is set. Raises StoreError if the state cannot be opened."""
+    raise_fd_limit()
     store = open_store(settings.state)
     await store.open()
     try:
@@ -70,6 +72,23 @@ async def run_relay(
                 await admin.stop()
     finally:
         await store.close()
+
+
+def raise_fd_limit() -> int:
+    """Raise the soft limit on open files to the hard limit (many subscribers, each with kept-
+    alive connections, plus admin clients, outgrow the common default of 1024). Returns the
+    soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft >= hard:
+        return soft
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError) as exc:
+        log.warning("cannot raise the open-file limit from %d: %s", soft, exc)
+        return soft
+    log.debug("open-file limit raised from %d to %d", soft, target)
+    return target
 
 
 def install_signal_handlers(stop: asyncio.Event) -> None:

@@ -8,9 +8,9 @@ import os
 from urllib.parse import urlsplit
 
 from relay.core.errors import StoreError
-from relay.store.base import Store
+from relay.store.base import Store, StoreReader
 
-__all__ = ["open_store"]
+__all__ = ["open_reader", "open_store"]
 
 _SQLITE_PREFIX = "sqlite://"
 
@@ -50,6 +50,18 @@ def _postgres(url: str) -> Store:
             "the PostgreSQL backend needs asyncpg: pip install 'webfones-relay[postgres]'"
         ) from exc
     return PostgresStore(url)
+
+
+def open_reader(url: str) -> StoreReader:
+    """Build (but do not open) a read-only view of the state named by ``url`` that works
+    while a relay owns it: for SQLite a snapshot reader that takes no lock; a shared backend
+    (PostgreSQL) is read through its ordinary store."""
+    store = open_store(url)
+    from relay.store.sqlite import SqliteSnapshotReader, SqliteStore
+
+    if isinstance(store, SqliteStore):
+        return SqliteSnapshotReader(store.path)
+    return store
 
 
 def _sqlite(path: str) -> Store:

@@ -18,6 +18,7 @@ from relay.config.schema import Settings
 from relay.core.aio import wait_or_stop
 from relay.core.errors import StoreError
 from relay.core.status import RelayStatus
+from relay.ops.control import ReloadResult
 from relay.runtime import maintenance
 from relay.runtime.wiring import Pipeline
 
@@ -58,7 +59,10 @@ class Supervisor:
         return list(self.dispatchers)
 
     async def status(self) -> RelayStatus:
-        return await self.pipeline.status(running=self.ready)
+        return await self.pipeline.status(self.ready, self.settings, self._clock())
+
+    async def reload(self) -> ReloadResult:
+        return ReloadResult(problems=["reload is not available in this build"])
 
     def wake(self, subscribers: list[str] | None = None) -> None:
         self.pipeline.notify(list(self.dispatchers) if subscribers is None else subscribers)

@@ -6,6 +6,7 @@ Nothing here runs anything; :class:`~relay.runtime.supervisor.Supervisor` owns t
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ import aiohttp
 
 from relay.config.schema import Settings
 from relay.core.budget import key_id
-from relay.core.status import RelayStatus, RuntimeAccount, RuntimeSubscriber
+from relay.core.status import RelayStatus
 from relay.delivery.claimer import SubscriberDispatcher
 from relay.delivery.http1 import Http1Client
 from relay.delivery.results import ResultWriter
@@ -42,16 +43,22 @@ class Pipeline:
             if dispatcher is not None:
                 dispatcher.wake.set()
 
-    async def status(self, running: bool) -> RelayStatus:
-        """The store's snapshot plus what the pollers and dispatchers know."""
+    async def status(self, running: bool, settings: Settings, now: float) -> RelayStatus:
+        """The store's snapshot plus what the pollers and dispatchers know, as of ``now``."""
+        store = await self.store.stats()
+        dispatchers = {}
+        for name, d in self.dispatchers.items():
+            live = dataclasses.replace(d.stats, held=len(d.unfinished()))
+            live.outcomes, live.latency_counts = dict(live.outcomes), list(live.latency_counts)
+            dispatchers[name] = live
         return RelayStatus(
-            store=await self.store.stats(),
+            store=store,
             running=running,
-            pollers={p.name: RuntimeAccount(polls=p.polls) for p in self.pollers},
-            dispatchers={
-                name: RuntimeSubscriber(held=len(d.unfinished()))
-                for name, d in self.dispatchers.items()
-            },
+            pollers={p.name: p.snapshot(now) for p in self.pollers},
+            dispatchers=dispatchers,
+            at=now,
+            config_subscribers=[s.name for s in settings.subscribers],
+            config_accounts=[a.name for a in settings.upstream.accounts],
         )
 
 

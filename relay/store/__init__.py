@@ -4,6 +4,6 @@ Only :mod:`relay.runtime.stores` picks and imports a concrete backend (from the 
 lazily, so a deployment needs only the driver it uses); the pipeline sees :class:`Store`.
 """
 
-from relay.store.base import Store
+from relay.store.base import Store, StoreReader
 
-__all__ = ["Store"]
+__all__ = ["Store", "StoreReader"]

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import ClassVar
 
 from relay.core.errors import StoreError
+from relay.core.journey import Journey, RecordQuery, RecordSummary
 from relay.core.models import (
     AccountCursor,
     DeadLetter,
@@ -30,28 +31,67 @@ Wakeup = Callable[[str, str], None]
 """A wake-up callback of :meth:`Store.listen`: ``(kind, subject)``, called on the event loop."""
 
 
-class Store(abc.ABC):
+class StoreReader(abc.ABC):
+    """The read-only queries the operator surfaces need (status, dead letters, a call's
+    journey, record search). A :class:`Store` is one; so is a snapshot reader that inspects a
+    state file owned by a running relay without taking it over.
+
+    The journey and search queries are not abstract so that a backend can ship before it has
+    them; such a backend answers them with :class:`StoreError`.
+    """
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Open (a :class:`Store` also creates or migrates the schema and takes ownership;
+        single-writer backends lock here)."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Flush and release everything; safe to call twice."""
+
+    @abc.abstractmethod
+    async def stats(self) -> StoreStats:
+        """Counts for status output, from one consistent snapshot: per account, per subscriber
+        and per state."""
+
+    @abc.abstractmethod
+    async def dead_letters(self, subscriber: str | None, limit: int) -> list[DeadLetter]:
+        """Dead-lettered deliveries, newest first."""
+
+    @abc.abstractmethod
+    async def disabled_subscribers(self) -> dict[str, str]:
+        """Names of disabled subscribers with the reason."""
+
+    async def journey(self, account: str, rid: int) -> Journey:
+        """Everything stored about ``(account, rid)``, from one snapshot: the record, each
+        delivery with all its attempts (oldest first; webhook ids are left for the caller),
+        quarantine entries whose raw record carries this rid, and whether the rid is seen.
+        ``missing`` is left empty: explaining absences needs the configuration."""
+        raise StoreError(f"{type(self).__name__} cannot show a record's journey yet")
+
+    async def find_records(self, query: RecordQuery) -> list[RecordSummary]:
+        """Stored records matching ``query``, newest ``call_timestamp`` first, at most
+        ``query.limit``; each with its delivery state per subscriber."""
+        raise StoreError(f"{type(self).__name__} cannot search records yet")
+
+    async def delivery_subscriber(self, delivery_id: int) -> str | None:
+        """The subscriber delivery ``delivery_id`` belongs to (None: no such delivery)."""
+        raise StoreError(f"{type(self).__name__} cannot look up deliveries yet")
+
+
+class Store(StoreReader):
     """Durable state: cursors, de-dup memory, records, per-subscriber delivery queues.
 
     The second half of the interface (instances, leases, fenced claims, budgets, wake-ups) is
     what several relay instances on one shared database need. A single-owner backend (SQLite)
     implements it trivially but with the same observable contract, so the pipeline calls it
-    the same way whatever the backend.
+    the same way whatever the backend. :meth:`open` also makes a single-owner backend's
+    deliveries left in flight by a previous run due again; a shared one cannot know who holds
+    them (see :meth:`recover_dead_instances`).
     """
 
     shared: ClassVar[bool] = False
     """True when several relay instances may use this store at once (PostgreSQL)."""
-
-    @abc.abstractmethod
-    async def open(self) -> None:
-        """Create or migrate the schema and take ownership (single-writer backends lock here).
-
-        A single-owner backend also makes every delivery left in flight by a previous run due
-        again; a shared one cannot know who holds them (see :meth:`recover_dead_instances`)."""
-
-    @abc.abstractmethod
-    async def close(self) -> None:
-        """Flush and release everything; safe to call twice."""
 
     # -- ingest -------------------------------------------------------------------------------
 
@@ -133,14 +173,6 @@ class Store(abc.ABC):
         are not claimed for, and their deliveries are kept."""
 
     @abc.abstractmethod
-    async def disabled_subscribers(self) -> dict[str, str]:
-        """Names of disabled subscribers with the reason."""
-
-    @abc.abstractmethod
-    async def dead_letters(self, subscriber: str | None, limit: int) -> list[DeadLetter]:
-        """Dead-lettered deliveries, newest first."""
-
-    @abc.abstractmethod
     async def replay(self, subscriber: str | None, ids: Sequence[int] | None, now: float) -> int:
         """Put dead letters back in their queues (all, one subscriber's, or by id) with a fresh
         retry schedule. Returns how many."""
@@ -173,11 +205,6 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def purge_orphans(self, before: float) -> int:
         """Delete the deliveries (and attempts) of subscribers orphaned before ``before``."""
-
-    @abc.abstractmethod
-    async def stats(self) -> StoreStats:
-        """Counts for status output, from one consistent snapshot: per account, per subscriber
-        and per state."""
 
     # -- several instances: registry ----------------------------------------------------------
     #
@@ -302,3 +329,13 @@ class Store(abc.ABC):
         """The ``limit`` records stored last, newest first, whatever their deliveries (for
         ``relay check-config --explain``). Not abstract: a backend without it says so."""
         raise StoreError("this state backend cannot list stored records")
+
+    async def redeliver(self, delivery_id: int, now: float) -> bool:
+        """Queue a delivered or dead delivery again (due ``now``, a fresh retry schedule; its
+        attempt history stays). False if there is no such delivery or it is pending or in
+        flight already. The webhook id is derived from the record, so it stays the same."""
+        raise StoreError(f"{type(self).__name__} cannot redeliver yet")
+
+    async def backup(self, target: str) -> None:
+        """Write a consistent copy of the whole state to ``target`` while the relay runs."""
+        raise StoreError(f"{type(self).__name__} cannot back up; use the database's own tools")

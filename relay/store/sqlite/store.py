@@ -33,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Concatenate, ParamSpec, TypeVar
 
 from relay.core.errors import StoreError, StoreFull, StoreLocked
+from relay.core.journey import Journey, RecordQuery, RecordSummary
 from relay.core.models import (
     AccountCursor,
     DeadLetter,
@@ -46,7 +47,7 @@ from relay.core.models import (
 from relay.core.status import StoreStats
 from relay.store.base import Store
 from relay.store.bodies import BodyCache
-from relay.store.sqlite import ledger, retention
+from relay.store.sqlite import ledger, queries, retention
 from relay.store.sqlite import sql as q
 from relay.store.sqlite.single import SingleOwnerMixin
 
@@ -125,6 +126,7 @@ class SqliteStore(SingleOwnerMixin, Store):
             q.configure(conn, self._synchronous)
             _tighten(self.path)  # after check_ours: another program's file is left alone
             q.migrate(conn, self.path)
+            queries.register_functions(conn)
             recovered = q.recover(conn)
         except sqlite3.Error as exc:
             self._close_sync()
@@ -299,6 +301,24 @@ class SqliteStore(SingleOwnerMixin, Store):
 
     async def recent_records(self, limit: int) -> list[StoredRecord]:
         return await self._run("list records", q.recent_records, limit)
+
+    async def journey(self, account: str, rid: int) -> Journey:
+        return await self._run("journey", queries.journey, account, rid)
+
+    async def find_records(self, query: RecordQuery) -> list[RecordSummary]:
+        return await self._run("find records", queries.find_records, query)
+
+    async def redeliver(self, delivery_id: int, now: float) -> bool:
+        return await self._run("redeliver", queries.redeliver, delivery_id, now)
+
+    async def delivery_subscriber(self, delivery_id: int) -> str | None:
+        return await self._run("find delivery", queries.delivery_subscriber, delivery_id)
+
+    async def backup(self, target: str) -> None:
+        try:
+            await self._run("backup", queries.backup, target)
+        except OSError as exc:
+            raise StoreError(f"cannot write backup {target}: {exc.strerror or exc}") from exc
 
 
 def integrity_check(path: str) -> str:

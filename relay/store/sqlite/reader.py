@@ -1,0 +1,104 @@
+"""A read-only view of a state file that a running relay owns: ``relay status``, ``inspect`` and
+``dead-letters`` work while the relay runs.
+
+The owner holds an exclusive lock on ``<path>.lock``; this reader does not take it. It opens the
+file with ``mode=ro`` (WAL lets readers see the last commit while the owner writes) and never
+writes, migrates or recovers anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pathlib
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Concatenate, ParamSpec, TypeVar
+
+from relay.core.errors import StoreError
+from relay.core.journey import Journey, RecordQuery, RecordSummary
+from relay.core.models import DeadLetter
+from relay.core.status import StoreStats
+from relay.store.base import StoreReader
+from relay.store.sqlite import queries
+from relay.store.sqlite import sql as q
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class SqliteSnapshotReader(StoreReader):
+    """:class:`StoreReader` on a state file, read-only and without its lock."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._executor: ThreadPoolExecutor | None = None
+        self._conn: sqlite3.Connection | None = None
+
+    async def open(self) -> None:
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relay-sqlite-ro")
+        try:
+            self._conn = await asyncio.get_running_loop().run_in_executor(executor, self._connect)
+        except BaseException:
+            executor.shutdown(wait=True)
+            raise
+        self._executor = executor
+
+    def _connect(self) -> sqlite3.Connection:
+        if not os.path.exists(self.path):
+            raise StoreError(f"no state file {self.path} (has the relay run yet?)")
+        uri = f"{pathlib.Path(self.path).absolute().as_uri()}?mode=ro"
+        try:
+            conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA busy_timeout = 5000")
+            q.check_ours(conn, self.path)
+            queries.register_functions(conn)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read state file {self.path}: {exc}") from exc
+        return conn
+
+    async def close(self) -> None:
+        executor, self._executor = self._executor, None
+        conn, self._conn = self._conn, None
+        if executor is not None:
+            if conn is not None:
+                await asyncio.get_running_loop().run_in_executor(executor, conn.close)
+            executor.shutdown(wait=True)
+
+    async def _run(
+        self,
+        op: str,
+        fn: Callable[Concatenate[sqlite3.Connection, P], T],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T:
+        executor, conn = self._executor, self._conn
+        if executor is None or conn is None:
+            raise StoreError(f"state file {self.path} is not open")
+
+        def call() -> T:
+            try:
+                return fn(conn, *args, **kwargs)
+            except sqlite3.Error as exc:
+                raise StoreError(f"state file {self.path}: {op} failed: {exc}") from exc
+
+        return await asyncio.get_running_loop().run_in_executor(executor, call)
+
+    async def stats(self) -> StoreStats:
+        return await self._run("stats", q.stats)
+
+    async def dead_letters(self, subscriber: str | None, limit: int) -> list[DeadLetter]:
+        return await self._run("list dead letters", q.dead_letters, subscriber, limit)
+
+    async def disabled_subscribers(self) -> dict[str, str]:
+        return await self._run("list disabled subscribers", q.disabled_subscribers)
+
+    async def journey(self, account: str, rid: int) -> Journey:
+        return await self._run("journey", queries.journey, account, rid)
+
+    async def find_records(self, query: RecordQuery) -> list[RecordSummary]:
+        return await self._run("find records", queries.find_records, query)
+
+    async def delivery_subscriber(self, delivery_id: int) -> str | None:
+        return await self._run("find delivery", queries.delivery_subscriber, delivery_id)
