@@ -19,6 +19,11 @@ WORKDIR /var/lib/relay
 VOLUME ["/var/lib/relay"]
 # Optional admin API (admin.listen: 0.0.0.0:8080, with admin.token set).
 EXPOSE 8080
+# Liveness through the admin listener (set admin.listen, e.g. 0.0.0.0:8080 with admin.token, or
+# 127.0.0.1:8080 for the probe only). The slim image has no curl: Python's urllib does it.
+ENV RELAY_HEALTH_URL=http://127.0.0.1:8080/healthz
+HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen(os.environ['RELAY_HEALTH_URL'], timeout=4)"]
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["relay"]
 CMD ["run", "--config", "/config/relay.yaml"]

@@ -18,7 +18,7 @@ from aiohttp import web
 
 from relay.config.schema import AdminSettings
 from relay.core.journey import RecordQuery
-from relay.ops import guard
+from relay.ops import guard, metrics
 from relay.ops.control import RelayControl
 from relay.ops.guard import BadRequest, json_response
 from relay.ops.journey import explain, journey_doc
@@ -50,9 +50,12 @@ class AdminServer:
         r.add_get("/healthz", self._healthz)
         r.add_get("/readyz", self._readyz)
         r.add_get("/status", self._status)
+        r.add_get("/metrics", self._metrics)
         r.add_get("/dead-letters", self._dead_letters)
         r.add_post("/dead-letters/replay", self._replay)
         r.add_post("/subscribers/{name}/enable", self._enable)
+        r.add_post("/subscribers/{name}/resume", self._enable)
+        r.add_post("/subscribers/{name}/pause", self._pause)
         r.add_get("/records", self._find)
         r.add_get("/records/{account}/{rid}", self._journey)
         r.add_post("/deliveries/{id}/redeliver", self._redeliver)
@@ -128,6 +131,10 @@ class AdminServer:
     async def _status(self, request: web.Request) -> web.Response:
         return json_response((await self._control.status()).to_dict())
 
+    async def _metrics(self, request: web.Request) -> web.Response:
+        body = metrics.render(await self._control.status())
+        return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE})
+
     # -- dead letters, replay, enable ------------------------------------------------------------
 
     async def _dead_letters(self, request: web.Request) -> web.Response:
@@ -160,6 +167,15 @@ class AdminServer:
         self._wake(name)
         log.info("subscriber re-enabled", extra={"subscriber": name})
         return json_response({"enabled": name})
+
+    async def _pause(self, request: web.Request) -> web.Response:
+        name = self._configured(request.match_info["name"], "name")
+        # A pause is a disable with an operator's reason: deliveries wait, nothing is dropped.
+        await self._store.set_subscriber_disabled(
+            name, metrics.PAUSED_PREFIX + " by operator", time.time()
+        )
+        log.info("subscriber paused", extra={"subscriber": name})
+        return json_response({"paused": name})
 
     def _configured(self, name: object, what: str) -> str:
         if not isinstance(name, str):
