@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import logging
 import sys
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,7 +17,7 @@ import orjson
 from relay import __version__
 from relay.config.schema import Settings, load_settings
 from relay.core.errors import ConfigError, RelayError, StoreError
-from relay.core.status import RelayStatus
+from relay.core.journey import RecordQuery
 from relay.core.text import mask_credentials
 from relay.ops.logs import setup_logging
 
@@ -84,8 +82,27 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--verbose", action="store_true", help="show the relay's own log lines")
     demo.add_argument("--seed", type=int, default=None, help="make the simulated calls repeatable")
 
-    status = sub.add_parser("status", help="show cursors, queues and dead letters (relay stopped)")
+    status = sub.add_parser(
+        "status", help="show accounts, queues and dead letters (also while the relay runs)"
+    )
     with_config(status)
+
+    inspect = sub.add_parser(
+        "inspect", help="a call's journey (--account and --rid), or search by --caller / time"
+    )
+    with_config(inspect)
+    inspect.add_argument("--account", help="the WebFones account name from the config")
+    inspect.add_argument("--rid", type=int, help="the record id")
+    inspect.add_argument("--caller", help="digits of either party's number")
+    inspect.add_argument("--since", help="call_timestamp from, e.g. '2025-07-01 10:00:00'")
+    inspect.add_argument("--until", help="call_timestamp up to (inclusive)")
+    inspect.add_argument("--limit", type=int, default=50)
+
+    redeliver = sub.add_parser(
+        "redeliver", help="send one delivery again (same webhook-id, a new attempt)"
+    )
+    with_config(redeliver)
+    redeliver.add_argument("delivery_id", type=int, help="the delivery id (see relay inspect)")
 
     dead = sub.add_parser("dead-letters", help="list or replay dead-lettered deliveries")
     with_config(dead)
@@ -96,6 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     enable = sub.add_parser("enable-subscriber", help="re-enable a subscriber disabled by 410")
     with_config(enable)
     enable.add_argument("name")
+
+    backup = sub.add_parser("backup", help="copy the SQLite state file online (relay may run)")
+    with_config(backup)
+    backup.add_argument("target", help="where to write the copy (a new file)")
     return parser
 
 
@@ -221,26 +242,32 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _offline(settings: Settings, args: argparse.Namespace) -> int:
-    """status / dead-letters / enable-subscriber: work on the state while the relay is stopped
-    (while it runs, use the admin API: the state has one owner at a time)."""
-    from relay.runtime.stores import open_store
+    """The operator commands: through the running relay's admin API when it answers, else on
+    the state file (reads from a read-only snapshot; see :mod:`relay.runtime.commands`)."""
+    from relay.runtime import commands
 
-    async def go() -> Any:
-        store = open_store(settings.state)
-        await store.open()
-        try:
-            if args.command == "status":
-                return RelayStatus(store=await store.stats()).to_dict()
-            if args.command == "enable-subscriber":
-                await store.set_subscriber_disabled(args.name, None, time.time())
-                return {"enabled": args.name}
-            if args.replay:
-                return {"replayed": await store.replay(args.subscriber, None, time.time())}
-            letters = await store.dead_letters(args.subscriber, args.limit)
-            return [dataclasses.asdict(letter) for letter in letters]
-        finally:
-            await store.close()
+    def go() -> Any:
+        cmd = args.command
+        if cmd == "status":
+            return commands.status(settings)
+        if cmd == "inspect":
+            if args.account is not None and args.rid is not None:
+                return commands.inspect(settings, args.account, args.rid)
+            query = RecordQuery(args.account, args.caller, args.since, args.until, args.limit)
+            return commands.search(settings, query)
+        if cmd == "redeliver":
+            return commands.redeliver(settings, args.delivery_id)
+        if cmd == "enable-subscriber":
+            return commands.enable(settings, args.name)
+        if cmd == "backup":
+            return commands.backup(settings, args.target)
+        if args.replay:
+            return commands.replay(settings, args.subscriber)
+        return commands.dead_letters(settings, args.subscriber, args.limit)
 
+    if args.command == "inspect" and args.rid is not None and args.account is None:
+        print("relay inspect: --rid needs --account", file=sys.stderr)
+        return EXIT_CONFIG
     try:
         result = asyncio.run(go())
     except StoreError as exc:
@@ -249,6 +276,8 @@ def _offline(settings: Settings, args: argparse.Namespace) -> int:
             f"state {mask_credentials(settings.state)}: {mask_credentials(str(exc))}",
             file=sys.stderr,
         )
+    except RelayError as exc:
+        print(f"relay {args.command}: {mask_credentials(str(exc))}", file=sys.stderr)
         return EXIT_FAILURE
     sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
     return EXIT_OK

@@ -78,6 +78,10 @@ class StoreReader(abc.ABC):
         """The subscriber delivery ``delivery_id`` belongs to (None: no such delivery)."""
         raise StoreError(f"{type(self).__name__} cannot look up deliveries yet")
 
+    async def backup(self, target: str) -> None:
+        """Write a consistent copy of the whole state to ``target`` while the relay runs."""
+        raise StoreError(f"{type(self).__name__} cannot back up; use the database's own tools")
+
 
 class Store(StoreReader):
     """Durable state: cursors, de-dup memory, records, per-subscriber delivery queues.
@@ -335,7 +339,3 @@ class Store(StoreReader):
         attempt history stays). False if there is no such delivery or it is pending or in
         flight already. The webhook id is derived from the record, so it stays the same."""
         raise StoreError(f"{type(self).__name__} cannot redeliver yet")
-
-    async def backup(self, target: str) -> None:
-        """Write a consistent copy of the whole state to ``target`` while the relay runs."""
-        raise StoreError(f"{type(self).__name__} cannot back up; use the database's own tools")

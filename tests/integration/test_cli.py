@@ -20,8 +20,11 @@ SUBCOMMANDS = [
     "check-config",
     "demo",
     "status",
+    "inspect",
+    "redeliver",
     "dead-letters",
     "enable-subscriber",
+    "backup",
     "keygen",
     "send-test",
 ]

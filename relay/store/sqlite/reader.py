@@ -102,3 +102,11 @@ class SqliteSnapshotReader(StoreReader):
 
     async def delivery_subscriber(self, delivery_id: int) -> str | None:
         return await self._run("find delivery", queries.delivery_subscriber, delivery_id)
+
+    async def backup(self, target: str) -> None:
+        # The online backup only reads the source: it needs neither the owner's lock nor write
+        # access, and it copies one consistent snapshot while the relay keeps writing.
+        try:
+            await self._run("backup", queries.backup, target)
+        except OSError as exc:
+            raise StoreError(f"cannot write backup {target}: {exc.strerror or exc}") from exc
