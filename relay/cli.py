@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="poll WebFones and deliver webhooks until stopped")
     with_config(run)
     with_logging(run)
+    run.add_argument(
+        "--watch", action="store_true", help="reload the config file whenever it changes"
+    )
 
     check = sub.add_parser("check-config", help="validate a configuration file and exit")
     with_config(check)
@@ -226,7 +229,7 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
     async def go() -> None:
         stop = asyncio.Event()
         install_signal_handlers(stop)
-        await run_relay(settings, stop)
+        await run_relay(settings, stop, config_path=args.config, watch=args.watch)
 
     try:
         with asyncio.Runner(loop_factory=loop_factory()) as runner:

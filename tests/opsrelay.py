@@ -38,6 +38,7 @@ class OpsRelay:
     doc: dict[str, Any]
     secrets: dict[str, str] = field(default_factory=dict)
     proc: asyncio.subprocess.Process | None = None
+    extra_args: tuple[str, ...] = ()
 
     @property
     def auth(self) -> dict[str, str]:
@@ -48,7 +49,7 @@ class OpsRelay:
 
     async def start(self) -> OpsRelay:
         self.write()
-        self.proc = await start_relay_process(self.config, self.env, self.log)
+        self.proc = await start_relay_process(self.config, self.env, self.log, *self.extra_args)
 
         async def up() -> bool:
             assert self.proc is not None

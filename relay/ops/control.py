@@ -20,6 +20,7 @@ class ReloadResult:
     removed: list[str] = field(default_factory=list)
     changed: list[str] = field(default_factory=list)
     kept_pending: dict[str, int] = field(default_factory=dict)  # removed subscriber -> queue
+    restart_required: list[str] = field(default_factory=list)  # sections not applied live
 
     @property
     def ok(self) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import resource
 import signal
@@ -12,7 +13,7 @@ from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 
-from relay.config.schema import Settings
+from relay.config.schema import Settings, load_settings
 from relay.delivery.http1 import Http1Client
 from relay.ops.admin import AdminServer
 from relay.runtime.stores import open_store
@@ -53,14 +54,30 @@ async def run_relay(
     settings: Settings,
     stop: asyncio.Event,
     on_started: Callable[[Supervisor], None] | None = None,
+    *,
+    config_path: str | None = None,
+    watch: bool = False,
 ) -> None:
-    """Run the relay until ``stop`` is set. Raises StoreError if the state cannot be opened."""
+    """Run the relay until ``stop`` is set. Raises StoreError if the state cannot be opened.
+
+    With ``config_path``, SIGHUP and ``POST /reload`` re-read that file (and with ``watch``,
+    so does any change to it)."""
     raise_fd_limit()
     store = open_store(settings.state)
     await store.open()
     try:
         async with sessions(settings) as (upstream, delivery):
-            supervisor = Supervisor(settings, build_pipeline(settings, store, upstream, delivery))
+            loader = None if config_path is None else functools.partial(load_settings, config_path)
+            supervisor = Supervisor(
+                settings,
+                build_pipeline(settings, store, upstream, delivery),
+                loader=loader,
+                watch=config_path if watch else None,
+            )
+            if loader is not None:
+                asyncio.get_running_loop().add_signal_handler(
+                    signal.SIGHUP, supervisor.request_reload
+                )
             admin = AdminServer(settings.admin, store, supervisor)
             await admin.start()
             supervisor.admin_url = admin.url
@@ -70,6 +87,8 @@ async def run_relay(
                 await supervisor.run(stop)
             finally:
                 await admin.stop()
+                if loader is not None:
+                    asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
     finally:
         await store.close()
 

@@ -1,6 +1,8 @@
 """The supervisor: owns every long-lived task of a built pipeline (see :mod:`relay.runtime.wiring`).
 
-Nothing else creates long-lived tasks. Shutdown is two-phase, started by one ``stop`` event
+Nothing else creates long-lived tasks. Each account's poller and each subscriber's claimer and
+workers form a *unit* with its own stop event, so a reload (:mod:`relay.runtime.reload`) can stop
+and start one without touching the others. Shutdown is two-phase, started by one ``stop`` event
 (SIGINT/SIGTERM only set it): pollers and claimers stop at once; workers finish the delivery in
 hand within ``delivery.grace_period``; whatever is still in flight then is cancelled; results
 are flushed; deliveries claimed but not finished are released so they go out after a restart.
@@ -10,21 +12,36 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
 from typing import Any
 
 from relay.config.schema import Settings
-from relay.core.aio import wait_or_stop
-from relay.core.errors import StoreError
+from relay.core.aio import wait_any, wait_or_stop
+from relay.core.errors import ConfigError, StoreError
 from relay.core.status import RelayStatus
+from relay.delivery.claimer import SubscriberDispatcher
+from relay.ingest.poller import AccountPoller
 from relay.ops.control import ReloadResult
 from relay.runtime import maintenance
-from relay.runtime.wiring import Pipeline
+from relay.runtime.reload import plan_reload
+from relay.runtime.wiring import Pipeline, make_client, make_dispatcher, make_poller
 
 log = logging.getLogger(__name__)
 
 RESTART_DELAY = 5.0  # a loop that crashed on a bug is restarted after this pause
+WATCH_EVERY = 1.0  # how often --watch looks at the config file
+
+
+@dataclass
+class _Unit:
+    """One account's or one subscriber's tasks, stopped together."""
+
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    workers: list[asyncio.Task[None]] = field(default_factory=list)
 
 
 class Supervisor:
@@ -36,6 +53,9 @@ class Supervisor:
         settings: Settings,
         pipeline: Pipeline,
         clock: Callable[[], float] = time.time,
+        *,
+        loader: Callable[[], Settings] | None = None,
+        watch: str | None = None,
     ) -> None:
         self.settings = settings
         self.pipeline = pipeline
@@ -44,8 +64,15 @@ class Supervisor:
         self.dispatchers = pipeline.dispatchers
         self.results = pipeline.results
         self._clock = clock
+        self._loader = loader  # re-reads the config file (raises ConfigError)
+        self._watch = watch  # the config file to watch for changes, if any
         self.started = asyncio.Event()
         self._stopping = False
+        self._tg: asyncio.TaskGroup | None = None
+        self._stop: asyncio.Event | None = None
+        self._units: dict[str, _Unit] = {}
+        self._reload_lock = asyncio.Lock()
+        self._reload_wanted = asyncio.Event()
         self.admin_url: str | None = None  # set by the runner when the admin API listens
 
     # -- RelayControl ---------------------------------------------------------------------------
@@ -61,25 +88,43 @@ class Supervisor:
     async def status(self) -> RelayStatus:
         return await self.pipeline.status(self.ready, self.settings, self._clock())
 
-    async def reload(self) -> ReloadResult:
-        return ReloadResult(problems=["reload is not available in this build"])
-
     def wake(self, subscribers: list[str] | None = None) -> None:
         self.pipeline.notify(list(self.dispatchers) if subscribers is None else subscribers)
+
+    def request_reload(self) -> None:
+        """Reload soon, from the supervisor's own task (what SIGHUP does)."""
+        self._reload_wanted.set()
+
+    async def reload(self) -> ReloadResult:
+        """Re-read the configuration and apply the differences; an invalid file changes
+        nothing and its problems come back one per line."""
+        if self._loader is None:
+            return ReloadResult(problems=["this relay was not started from a config file"])
+        if not self.ready or self._tg is None:
+            return ReloadResult(problems=["the relay is not running"])
+        try:
+            new = await asyncio.to_thread(self._loader)
+        except ConfigError as exc:
+            log.error("reload rejected, running configuration kept: %s", "; ".join(exc.problems))
+            return ReloadResult(problems=exc.problems)
+        async with self._reload_lock:
+            return await self._apply(new)
+
+    # -- running --------------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run everything until ``stop`` is set, then shut down in two phases."""
         writer_stop = asyncio.Event()
+        self._stop = stop
         async with asyncio.TaskGroup() as tg:
+            self._tg = tg
             writer = tg.create_task(self.results.run(writer_stop), name="result-writer")
             for poller in self.pollers:
-                self._spawn(tg, f"poll:{poller.name}", stop, poller.run)
-            workers: list[asyncio.Task[None]] = []
+                self._start_poller(poller)
             for d in self.dispatchers.values():
-                self._spawn(tg, f"claim:{d.name}", stop, d.claim_loop)
-                for i in range(d.sub.max_in_flight):
-                    workers.append(self._spawn(tg, f"send:{d.name}:{i}", stop, d.worker))
+                self._start_dispatcher(d)
             self._spawn(tg, "maintenance", stop, self._maintain)
+            self._spawn(tg, "reload", stop, self._reloads)
             log.info(
                 "relay running: %d accounts, %d subscribers",
                 len(self.pollers),
@@ -89,13 +134,38 @@ class Supervisor:
             await stop.wait()
             self._stopping = True
             log.info("stopping: no new polls or claims; finishing deliveries in flight")
-            for d in self.dispatchers.values():
-                d.close()  # idle workers return now; busy ones after the delivery in hand
-            await self._drain(workers)
+            async with self._reload_lock:  # a reload in progress finishes first
+                for unit in self._units.values():
+                    unit.stop.set()
+                for d in self.dispatchers.values():
+                    d.close()  # idle workers return now; busy ones after the delivery in hand
+                await self._drain([w for u in self._units.values() for w in u.workers])
             writer_stop.set()
             await writer
-            await self._release()
+            await self._release(self.dispatchers.values())
         log.info("stopped")
+
+    def _start_poller(self, poller: AccountPoller) -> None:
+        assert self._tg is not None
+        unit = self._units[f"poll:{poller.name}"] = _Unit()
+        unit.tasks.append(self._spawn(self._tg, f"poll:{poller.name}", unit.stop, poller.run))
+
+    def _start_dispatcher(self, d: SubscriberDispatcher) -> None:
+        assert self._tg is not None
+        unit = self._units[f"sub:{d.name}"] = _Unit()
+        unit.tasks.append(self._spawn(self._tg, f"claim:{d.name}", unit.stop, d.claim_loop))
+        for i in range(d.sub.max_in_flight):
+            worker = self._spawn(self._tg, f"send:{d.name}:{i}", unit.stop, d.worker)
+            unit.workers.append(worker)
+            unit.tasks.append(worker)
+
+    async def _stop_unit(self, key: str) -> None:
+        unit = self._units.pop(key, None)
+        if unit is None:
+            return
+        unit.stop.set()
+        await self._drain(unit.workers)
+        await asyncio.gather(*unit.tasks, return_exceptions=True)
 
     def _spawn(
         self,
@@ -136,8 +206,8 @@ class Supervisor:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
 
-    async def _release(self) -> None:
-        ids = [i for d in self.dispatchers.values() for i in d.unfinished()]
+    async def _release(self, dispatchers: Any) -> None:
+        ids = [i for d in dispatchers for i in d.unfinished()]
         if not ids:
             return
         try:
@@ -145,6 +215,68 @@ class Supervisor:
             await asyncio.shield(self.store.release(ids))
         except StoreError as exc:
             log.error("could not release %d claimed deliveries: %s", len(ids), exc)
+
+    # -- reload ---------------------------------------------------------------------------------
+
+    async def _apply(self, new: Settings) -> ReloadResult:
+        plan = plan_reload(self.settings, new)
+        for name in plan.stop_subscribers:
+            d = self.dispatchers.pop(name)
+            d.close()
+            await self._stop_unit(f"sub:{name}")
+            await self._release([d])
+        if plan.new_client:
+            assert self.pipeline.upstream_session is not None
+            self.pipeline.client = make_client(new, self.pipeline.upstream_session)
+        for name in plan.stop_accounts:
+            await self._stop_unit(f"poll:{name}")
+            self.pollers[:] = [p for p in self.pollers if p.name != name]
+        self.settings = new
+        for sub in plan.start_subscribers:
+            d = self.dispatchers[sub.name] = make_dispatcher(self.pipeline, sub, new)
+            self._start_dispatcher(d)
+        for account in plan.start_accounts:
+            poller = make_poller(self.pipeline, account, new)
+            self.pollers.append(poller)
+            self._start_poller(poller)
+        self.wake([s.name for s in plan.start_subscribers])
+        kept: dict[str, int] = {}
+        removed = [n for n in plan.stop_subscribers if n not in self.dispatchers]
+        if removed:
+            stats = await self.store.stats()
+            for name in removed:
+                queue = stats.subscribers.get(name)
+                kept[name] = (queue.pending + queue.inflight) if queue else 0
+        result = ReloadResult(
+            added=plan.added,
+            removed=plan.removed,
+            changed=plan.changed,
+            kept_pending=kept,
+            restart_required=plan.restart_required,
+        )
+        log.info(
+            "configuration reloaded: added %s, removed %s, changed %s",
+            plan.added or "nothing",
+            plan.removed or "nothing",
+            plan.changed or "nothing",
+            extra={"kept_pending": kept, "restart_required": plan.restart_required},
+        )
+        return result
+
+    async def _reloads(self, stop: asyncio.Event) -> None:
+        """Reload when asked (SIGHUP) or, with --watch, when the config file changes."""
+        seen = _mtime(self._watch)
+        while not stop.is_set():
+            await wait_any([self._reload_wanted, stop], WATCH_EVERY if self._watch else None)
+            if stop.is_set():
+                return
+            if self._watch is not None and not self._reload_wanted.is_set():
+                now = _mtime(self._watch)
+                if now == seen:
+                    continue
+                seen = now
+            self._reload_wanted.clear()
+            await self.reload()
 
     async def _maintain(self, stop: asyncio.Event) -> None:
         """Run a maintenance pass :data:`maintenance.FIRST_AFTER` after start, then every
@@ -156,3 +288,13 @@ class Supervisor:
                 await maintenance.maintain(self.store, self.settings, self._clock())
             except StoreError as exc:
                 log.warning("maintenance failed, tried again in %.0fs: %s", delay, exc)
+
+
+def _mtime(path: str | None) -> tuple[float, int] | None:
+    if path is None:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime, st.st_size)

@@ -9,12 +9,12 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo
 
 import aiohttp
 
-from relay.config.schema import Settings
+from relay.config.schema import AccountSettings, Settings, SubscriberSettings
 from relay.core.budget import key_id
 from relay.core.status import RelayStatus
 from relay.delivery.claimer import SubscriberDispatcher
@@ -35,6 +35,12 @@ class Pipeline:
     pollers: list[AccountPoller]
     dispatchers: dict[str, SubscriberDispatcher]
     results: ResultWriter
+    # What later builds (a reload adding a subscriber or account) need.
+    upstream_session: aiohttp.ClientSession | None = None
+    delivery_client: Http1Client | None = None
+    client: WebFonesClient | None = None
+    budgets: dict[str, KeyBudget] = field(default_factory=dict)
+    clock: Callable[[], float] = time.time
 
     def notify(self, subscribers: list[str]) -> None:
         """Wake the named subscribers' claimers: new deliveries were just committed."""
@@ -70,52 +76,58 @@ def build_pipeline(
     clock: Callable[[], float] = time.time,
 ) -> Pipeline:
     """Build every part from ``settings``; the sessions and the store are handed in, not built."""
-    up = settings.upstream
-    client = WebFonesClient(
-        upstream_session, up.base_url, timeout=up.timeout, max_response_bytes=up.max_response_bytes
-    )
-    # Accounts that share an API key share its budget: the upstream counts per key.
-    budgets: dict[str, KeyBudget] = {}
-    for account in up.accounts:
-        key = account.api_key.get_secret_value()
-        if key not in budgets:
-            budgets[key] = KeyBudget(
-                up.rate_limit.requests,
-                up.rate_limit.per,
-                store=store,
-                key_id=key_id(key),
-                clock=clock,
-            )
-    results = ResultWriter(store)
-    dispatchers = {
-        sub.name: SubscriberDispatcher(
-            sub,
-            settings.delivery,
-            store,
-            Sender(
-                delivery_client,
-                sub,
-                settings.delivery.response_cap,
-                tz=ZoneInfo(up.timezone),
-                region=up.phone_region,
-            ),
-            results,
-            clock,
-        )
-        for sub in settings.subscribers
-        if sub.enabled
-    }
-    pipeline = Pipeline(store, [], dispatchers, results)
-    pipeline.pollers = [
-        AccountPoller(
-            account,
-            settings,
-            store,
-            client,
-            budgets[account.api_key.get_secret_value()],
-            pipeline.notify,
-            clock,
-        )
-        for account in up.accounts
-    ]
+    pipeline = Pipeline(store, [], {}, ResultWriter(store))
+    pipeline.upstream_session, pipeline.delivery_client = upstream_session, delivery_client
+    pipeline.clock = clock
+    pipeline.client = make_client(settings, upstream_session)
+    for sub in settings.subscribers:
+        if sub.enabled:
+            pipeline.dispatchers[sub.name] = make_dispatcher(pipeline, sub, settings)
+    pipeline.pollers = [make_poller(pipeline, a, settings) for a in settings.upstream.accounts]
     return pipeline
+
+
+def make_client(settings: Settings, session: aiohttp.ClientSession) -> WebFonesClient:
+    """The WebFones client for ``settings.upstream``."""
+    up = settings.upstream
+    return WebFonesClient(
+        session, up.base_url, timeout=up.timeout, max_response_bytes=up.max_response_bytes
+    )
+
+
+def make_dispatcher(
+    pipeline: Pipeline, sub: SubscriberSettings, settings: Settings
+) -> SubscriberDispatcher:
+    """One subscriber's dispatcher (its sender on the shared delivery client)."""
+    assert pipeline.delivery_client is not None
+    up = settings.upstream
+    sender = Sender(
+        pipeline.delivery_client,
+        sub,
+        settings.delivery.response_cap,
+        tz=ZoneInfo(up.timezone),
+        region=up.phone_region,
+    )
+    return SubscriberDispatcher(
+        sub, settings.delivery, pipeline.store, sender, pipeline.results, pipeline.clock
+    )
+
+
+def make_poller(pipeline: Pipeline, account: AccountSettings, settings: Settings) -> AccountPoller:
+    """One account's poller. Accounts that share an API key share its budget (the upstream
+    counts per key), and a budget outlives the pollers using it: a reload must not refill it."""
+    assert pipeline.client is not None
+    key = account.api_key.get_secret_value()
+    limit = settings.upstream.rate_limit
+    budget = pipeline.budgets.get(key)
+    if budget is None or (budget.requests, budget.per) != (limit.requests, limit.per):
+        budget = pipeline.budgets[key] = KeyBudget(
+            limit.requests,
+            limit.per,
+            store=pipeline.store,
+            key_id=key_id(key),
+            clock=pipeline.clock,
+        )
+    return AccountPoller(
+        account, settings, pipeline.store, pipeline.client, budget, pipeline.notify, pipeline.clock
+    )
