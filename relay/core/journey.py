@@ -101,6 +101,21 @@ class RecordSummary:
     states: dict[str, str]  # subscriber -> delivery state
 
 
+@dataclass(frozen=True, slots=True)
+class RecentAttempt:
+    """One of the latest delivery attempts, for the dashboard's activity list."""
+
+    delivery_id: int
+    subscriber: str
+    account: str
+    rid: int
+    at: float
+    status: int | None
+    error: str | None
+    latency_ms: float
+    state: str  # the delivery's state now
+
+
 def digits(text: str | None) -> str:
     """The digits of a phone number as typed ("+1 (555) 010-2000" -> "15550102000")."""
     return "".join(ch for ch in text or "" if ch.isdigit())

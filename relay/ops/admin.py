@@ -20,6 +20,7 @@ from relay.config.schema import AdminSettings
 from relay.core.journey import RecordQuery
 from relay.ops import guard, metrics
 from relay.ops.control import RelayControl
+from relay.ops.dashboard import Dashboard, is_public
 from relay.ops.guard import BadRequest, json_response
 from relay.ops.journey import explain, journey_doc
 from relay.store.base import Store
@@ -40,7 +41,7 @@ class AdminServer:
         self._runner: web.AppRunner | None = None
         self.site: guard.CappedSite | None = None
         self.url: str | None = None
-        self.extra_routes: list[tuple[str, str, guard.Handler]] = []  # metrics, dashboard
+        self.dashboard = Dashboard(settings)
 
     def app(self) -> web.Application:
         app = web.Application(
@@ -60,7 +61,8 @@ class AdminServer:
         r.add_get("/records/{account}/{rid}", self._journey)
         r.add_post("/deliveries/{id}/redeliver", self._redeliver)
         r.add_post("/reload", self._reload)
-        for method, path, handler in self.extra_routes:
+        r.add_get("/deliveries/recent", self._recent)
+        for method, path, handler in self.dashboard.routes():
             r.add_route(method, path, handler)
         return app
 
@@ -96,23 +98,32 @@ class AdminServer:
         if not guard.host_allowed(host, self._settings.allowed_hosts):
             # DNS rebinding: a page on evil.example whose name now resolves to us.
             return guard.error("unknown Host; add it to admin.allowed_hosts", 421)
-        if request.method not in guard.SAFE_METHODS:
+        unsafe = request.method not in guard.SAFE_METHODS
+        if unsafe:
             why = guard.cross_site(request)
             if why is not None:
                 return guard.error(why, 403)
-            if request.content_type != "application/json":
-                return guard.error("POST requests must be Content-Type: application/json", 415)
-        if request.path not in PROBES and not self.authorized(request):
+        if request.method == "POST" and request.content_type != "application/json":
+            return guard.error("POST requests must be Content-Type: application/json", 415)
+        if request.path in PROBES or is_public(request.path) or self._bearer(request):
+            return await handler(request)
+        session = self.dashboard.session(request)
+        if session is None:
             return guard.error("admin token required", 401)
+        if unsafe and not self.dashboard.csrf_ok(request, session):
+            return guard.error("CSRF token missing or wrong (sign in again)", 403)
         return await handler(request)
 
-    def authorized(self, request: web.Request) -> bool:
-        """True when no token is configured or the request carries it."""
+    def _bearer(self, request: web.Request) -> bool:
         token = self._settings.token
         if token is None:
             return True
         sent = request.headers.get("Authorization", "")
         return guard.token_matches(sent, token.get_secret_value())
+
+    def authorized(self, request: web.Request) -> bool:
+        """True when no token is configured, or the request carries it or a session."""
+        return self._bearer(request) or self.dashboard.session(request) is not None
 
     # -- probes and status -----------------------------------------------------------------------
 
@@ -226,6 +237,11 @@ class AdminServer:
         self._wake(subscriber)
         log.info("redelivery queued", extra={"subscriber": subscriber, "delivery": delivery_id})
         return json_response({"redelivering": delivery_id, "subscriber": subscriber})
+
+    async def _recent(self, request: web.Request) -> web.Response:
+        limit = guard.query_int(request, "limit", 20, 1, 500)
+        attempts = await self._store.recent_attempts(limit)
+        return json_response([dataclasses.asdict(a) for a in attempts])
 
     async def _reload(self, request: web.Request) -> web.Response:
         result = await self._control.reload()

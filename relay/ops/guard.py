@@ -92,14 +92,18 @@ def cross_site(request: web.Request) -> str | None:
     return None
 
 
-def token_matches(sent: str, token: str) -> bool:
-    """Constant-time comparison of an ``Authorization`` value with ``Bearer <token>``; a value
-    that is not valid UTF-8 simply does not match."""
+def same_secret(sent: str, expected: str) -> bool:
+    """Constant-time comparison; a value that is not valid UTF-8 simply does not match."""
     try:
         raw = sent.encode("utf-8", "surrogateescape")
     except UnicodeEncodeError:
         return False
-    return hmac.compare_digest(raw, f"Bearer {token}".encode())
+    return hmac.compare_digest(raw, expected.encode())
+
+
+def token_matches(sent: str, token: str) -> bool:
+    """Whether an ``Authorization`` value is ``Bearer <token>``."""
+    return same_secret(sent, f"Bearer {token}")
 
 
 async def read_json_object(request: web.Request) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import ClassVar
 
 from relay.core.errors import StoreError
-from relay.core.journey import Journey, RecordQuery, RecordSummary
+from relay.core.journey import Journey, RecentAttempt, RecordQuery, RecordSummary
 from relay.core.models import (
     AccountCursor,
     DeadLetter,
@@ -73,6 +73,10 @@ class StoreReader(abc.ABC):
         """Stored records matching ``query``, newest ``call_timestamp`` first, at most
         ``query.limit``; each with its delivery state per subscriber."""
         raise StoreError(f"{type(self).__name__} cannot search records yet")
+
+    async def recent_attempts(self, limit: int) -> list[RecentAttempt]:
+        """The latest ``limit`` delivery attempts, newest first (cheap: by insertion order)."""
+        raise StoreError(f"{type(self).__name__} cannot list recent attempts yet")
 
     async def delivery_subscriber(self, delivery_id: int) -> str | None:
         """The subscriber delivery ``delivery_id`` belongs to (None: no such delivery)."""

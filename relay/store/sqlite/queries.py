@@ -19,6 +19,7 @@ from relay.core.journey import (
     DeliveryView,
     Journey,
     QuarantineView,
+    RecentAttempt,
     RecordQuery,
     RecordSummary,
     RecordView,
@@ -67,6 +68,22 @@ UPDATE deliveries SET state = 'pending', attempts = 0, next_at = ?, lease_until 
     updated_at = ?
 WHERE id = ? AND state IN ('delivered', 'dead')
 """
+
+
+# Newest first by rowid: attempts are appended, so this walks the table's b-tree backwards and
+# stops after :limit rows, whatever the table's size.
+SQL_RECENT = """
+SELECT d.id, d.subscriber, r.account, r.rid, a.at, a.status, a.error, a.latency_ms, d.state
+FROM (SELECT rowid, * FROM attempts ORDER BY rowid DESC LIMIT ?) AS a
+JOIN deliveries AS d ON d.id = a.delivery_id
+JOIN records AS r ON r.id = d.record_id
+ORDER BY a.rowid DESC
+"""
+
+
+def recent_attempts(conn: sqlite3.Connection, limit: int) -> list[RecentAttempt]:
+    """See :meth:`relay.store.base.StoreReader.recent_attempts`."""
+    return [RecentAttempt(*row) for row in conn.execute(SQL_RECENT, (max(1, min(limit, 500)),))]
 
 
 def register_functions(conn: sqlite3.Connection) -> None:

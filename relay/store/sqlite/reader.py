@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Concatenate, ParamSpec, TypeVar
 
 from relay.core.errors import StoreError
-from relay.core.journey import Journey, RecordQuery, RecordSummary
+from relay.core.journey import Journey, RecentAttempt, RecordQuery, RecordSummary
 from relay.core.models import DeadLetter
 from relay.core.status import StoreStats
 from relay.store.base import StoreReader
@@ -99,6 +99,9 @@ class SqliteSnapshotReader(StoreReader):
 
     async def find_records(self, query: RecordQuery) -> list[RecordSummary]:
         return await self._run("find records", queries.find_records, query)
+
+    async def recent_attempts(self, limit: int) -> list[RecentAttempt]:
+        return await self._run("recent attempts", queries.recent_attempts, limit)
 
     async def delivery_subscriber(self, delivery_id: int) -> str | None:
         return await self._run("find delivery", queries.delivery_subscriber, delivery_id)

@@ -33,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Concatenate, ParamSpec, TypeVar
 
 from relay.core.errors import StoreError, StoreFull, StoreLocked
-from relay.core.journey import Journey, RecordQuery, RecordSummary
+from relay.core.journey import Journey, RecentAttempt, RecordQuery, RecordSummary
 from relay.core.models import (
     AccountCursor,
     DeadLetter,
@@ -310,6 +310,9 @@ class SqliteStore(SingleOwnerMixin, Store):
 
     async def redeliver(self, delivery_id: int, now: float) -> bool:
         return await self._run("redeliver", queries.redeliver, delivery_id, now)
+
+    async def recent_attempts(self, limit: int) -> list[RecentAttempt]:
+        return await self._run("recent attempts", queries.recent_attempts, limit)
 
     async def delivery_subscriber(self, delivery_id: int) -> str | None:
         return await self._run("find delivery", queries.delivery_subscriber, delivery_id)
