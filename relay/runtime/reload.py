@@ -4,8 +4,8 @@ ones. :class:`~relay.runtime.supervisor.Supervisor` carries the plan out.
 Subscribers are stopped and started by name: a removed one's deliveries stay in the store (and
 are reported), a re-added one resumes them; a changed one is stopped (its in-flight deliveries
 finish) and started with its new settings. A poller is restarted when its account, the upstream
-settings or the subscribers its records go to (their set, or their filters) change; it takes up its durable cursor, so
-nothing is skipped or fetched twice into a second delivery (de-dup is in the store).
+settings or the subscribers its records go to (their set, or their filters) change; it takes up
+its durable cursor, so nothing is skipped or delivered twice (de-dup is in the store).
 """
 
 from __future__ import annotations

@@ -194,6 +194,9 @@ CASES = [
     one("admin.listen", "8080", "admin-listen-no-host"),
     one("admin.listen", "127.0.0.1:99999", "admin-listen-port"),
     one("admin.token", "  ", "admin-token-blank"),
+    one("admin.allowed_hosts", "relay.example", "admin-allowed-hosts-not-list"),
+    one("admin.max_connections", 0, "admin-max-connections-zero"),
+    one("admin.idle_timeout", "0s", "admin-idle-timeout-zero"),
     case(
         "admin.token",
         (at("admin.listen"), "0.0.0.0:8080"),

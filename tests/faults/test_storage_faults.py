@@ -165,9 +165,9 @@ def write_config(tmp_path: Path, sim_url: str, hook_url: str, state: Path) -> Pa
 ENV = {**os.environ, "TEST_API_KEY": KEY_A, "TEST_SECRET": new_secret()}
 
 
-def relay_cli(config: Path, command: str = "run") -> subprocess.CompletedProcess[str]:
+def relay_cli(config: Path, command: str = "run", *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "relay", command, "--config", str(config)],
+        [sys.executable, "-m", "relay", command, "--config", str(config), *args],
         capture_output=True,
         text=True,
         timeout=GENEROUS,
@@ -252,11 +252,13 @@ async def test_second_relay_on_the_same_state_refuses_to_start(
         await rx.wait_count(1, timeout=GENEROUS)
         second = await asyncio.to_thread(relay_cli, config)
         assert_refused(second, state, "in use by another relay process")
-        offline = await asyncio.to_thread(relay_cli, config, "status")
-        assert offline.returncode == 1
-        assert offline.stderr.splitlines() == [
-            f"state {state}: state file {state} is in use by another relay process"
-        ]
+        # Reads work beside the owner (a read-only snapshot); writes need its admin API.
+        status = await asyncio.to_thread(relay_cli, config, "status")
+        assert status.returncode == 0, status.stderr
+        assert '"source": "state file (read-only)"' in status.stdout
+        write = await asyncio.to_thread(relay_cli, config, "enable-subscriber", "crm")
+        assert write.returncode == 1
+        assert "a relay is running on this state: set admin.listen" in write.stderr
         # The first relay never noticed: it keeps delivering.
         sim.add_record(KEY_A, started_at=ago(10))
         await rx.wait_count(2, timeout=GENEROUS)

@@ -8,17 +8,22 @@ import sqlite3
 from pathlib import Path
 
 import orjson
+import pytest
 
 from relay.core.journey import RecordQuery
 from relay.core.models import CallRecord, IngestBatch, Outcome, Quarantined
-from relay.store import Store
+from relay.store import Store, StoreReader
 from relay.store.sqlite import SqliteSnapshotReader, SqliteStore
-from tests.store import test_store as suite
-from tests.store.test_store import LEASE, T0, result, ts
+from tests.store.builders import LEASE, T0, result, ts
 
-# The behaviour suite's fixtures: every backend it lists runs these tests too.
-store_factory = suite.store_factory
-store = suite.store
+
+@pytest.fixture
+def ops_store(store: Store) -> Store:
+    """The suite's store (every backend), skipped where the operator queries are not mirrored
+    yet, so that a backend without them is visible rather than silently passing."""
+    if type(store).journey is StoreReader.journey:
+        pytest.skip(f"{type(store).__name__} does not implement the operator queries yet")
+    return store
 
 
 def call(rid: int, number: str, inside: str = "+1 555 0100, x201") -> CallRecord:
@@ -34,7 +39,8 @@ async def seed(store: Store) -> None:
     await store.ingest(IngestBatch("acct", records, ["a", "b"], T0, ts(30), quarantined=bad))
 
 
-async def test_journey_has_the_record_each_delivery_and_its_attempts(store: Store) -> None:
+async def test_journey_has_the_record_each_delivery_and_its_attempts(ops_store: Store) -> None:
+    store = ops_store
     await seed(store)
     claimed = await store.claim("a", 10, T0, LEASE)
     first = next(d for d in claimed if d.rid == 10)
@@ -60,7 +66,8 @@ async def test_journey_has_the_record_each_delivery_and_its_attempts(store: Stor
     assert (await store.journey("other", 10)).record is None
 
 
-async def test_find_records_by_caller_digits_account_and_time(store: Store) -> None:
+async def test_find_records_by_caller_digits_account_and_time(ops_store: Store) -> None:
+    store = ops_store
     await seed(store)
 
     async def find(**kw: object) -> list[int]:
@@ -79,7 +86,8 @@ async def test_find_records_by_caller_digits_account_and_time(store: Store) -> N
     assert hit.states == {"a": "pending", "b": "pending"} and hit.caller == "+1 (415) 555-0199"
 
 
-async def test_redeliver_requeues_a_finished_delivery_only(store: Store) -> None:
+async def test_redeliver_requeues_a_finished_delivery_only(ops_store: Store) -> None:
+    store = ops_store
     await seed(store)
     d = (await store.claim("a", 1, T0, LEASE))[0]
     assert await store.delivery_subscriber(d.id) == "a"
