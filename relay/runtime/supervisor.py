@@ -1,6 +1,7 @@
 """The supervisor: owns every long-lived task of a built pipeline (see :mod:`relay.runtime.wiring`).
 
-Nothing else creates long-lived tasks. Shutdown is two-phase, started by one ``stop`` event
+Nothing else creates long-lived tasks; the delivery scheduler (one of them) owns the short-lived
+tasks a subscriber runs while it has work. Shutdown is two-phase, started by one ``stop`` event
 (SIGINT/SIGTERM only set it): pollers and claimers stop at once; workers finish the delivery in
 hand within ``delivery.grace_period``; whatever is still in flight then is cancelled; results
 are flushed; deliveries claimed but not finished are released so they go out after a restart.
@@ -70,11 +71,8 @@ class Supervisor:
             writer = tg.create_task(self.results.run(writer_stop), name="result-writer")
             for poller in self.pollers:
                 self._spawn(tg, f"poll:{poller.name}", stop, poller.run)
-            workers: list[asyncio.Task[None]] = []
-            for d in self.dispatchers.values():
-                self._spawn(tg, f"claim:{d.name}", stop, d.claim_loop)
-                for i in range(d.sub.max_in_flight):
-                    workers.append(self._spawn(tg, f"send:{d.name}:{i}", stop, d.worker))
+            # One task for every subscriber: dispatchers run on demand, not on timers.
+            scheduler = self._spawn(tg, "delivery", stop, self.pipeline.scheduler.run)
             self._spawn(tg, "maintenance", stop, self._maintain)
             log.info(
                 "relay running: %d accounts, %d subscribers",
@@ -85,9 +83,9 @@ class Supervisor:
             await stop.wait()
             self._stopping = True
             log.info("stopping: no new polls or claims; finishing deliveries in flight")
-            for d in self.dispatchers.values():
-                d.close()  # idle workers return now; busy ones after the delivery in hand
-            await self._drain(workers)
+            # The scheduler stops claiming at once and lets in-flight deliveries finish
+            # within the grace period (cancelling the rest).
+            await scheduler
             writer_stop.set()
             await writer
             await self._release()
@@ -116,21 +114,6 @@ class Supervisor:
             except Exception:
                 log.exception("task %s crashed; restarting in %.0fs", name, RESTART_DELAY)
                 await wait_or_stop(stop, RESTART_DELAY)
-
-    async def _drain(self, workers: list[asyncio.Task[None]]) -> None:
-        grace = self.settings.delivery.grace_period
-        if not workers:
-            return
-        _, late = await asyncio.wait(workers, timeout=grace)
-        if late:
-            log.warning(
-                "%d deliveries still in flight after %.0fs grace: cancelled, retried after restart",
-                len(late),
-                grace,
-            )
-            for task in late:
-                task.cancel()
-            await asyncio.gather(*late, return_exceptions=True)
 
     async def _release(self) -> None:
         ids = [i for d in self.dispatchers.values() for i in d.unfinished()]

@@ -19,6 +19,7 @@ from relay.core.status import RelayStatus, RuntimeAccount, RuntimeSubscriber
 from relay.delivery.claimer import SubscriberDispatcher
 from relay.delivery.http1 import Http1Client
 from relay.delivery.results import ResultWriter
+from relay.delivery.scheduler import DeliveryScheduler
 from relay.delivery.sender import Sender
 from relay.ingest.budget import KeyBudget
 from relay.ingest.poller import AccountPoller
@@ -34,13 +35,12 @@ class Pipeline:
     pollers: list[AccountPoller]
     dispatchers: dict[str, SubscriberDispatcher]
     results: ResultWriter
+    scheduler: DeliveryScheduler
 
     def notify(self, subscribers: list[str]) -> None:
         """Wake the named subscribers' claimers: new deliveries were just committed."""
         for name in subscribers:
-            dispatcher = self.dispatchers.get(name)
-            if dispatcher is not None:
-                dispatcher.wake.set()
+            self.scheduler.wake(name)
 
     async def status(self, running: bool) -> RelayStatus:
         """The store's snapshot plus what the pollers and dispatchers know."""
@@ -98,7 +98,11 @@ def build_pipeline(
         for sub in settings.subscribers
         if sub.enabled
     }
-    pipeline = Pipeline(store, [], dispatchers, results)
+    scheduler = DeliveryScheduler(
+        dispatchers, store, grace=settings.delivery.grace_period, clock=clock
+    )
+    results.on_written = scheduler.wake
+    pipeline = Pipeline(store, [], dispatchers, results, scheduler)
     pipeline.pollers = [
         AccountPoller(
             account,
