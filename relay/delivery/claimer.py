@@ -129,6 +129,7 @@ class SubscriberDispatcher:
         self._space = asyncio.Event()  # a held delivery finished
         self.disabled = False
         self._soonest: float | None = None  # earliest retry we scheduled and may not see yet
+        self._settling = False  # a closed circuit's requeue is still under way
 
     # -- scheduling ---------------------------------------------------------------------------
 
@@ -172,6 +173,12 @@ class SubscriberDispatcher:
                 await self._give_back_ready()
             if circuit.paused(now):
                 return circuit.paused_until
+            if self._settling:
+                # The circuit just closed: the retries it held back get their place in the
+                # queue back first, or this claim would take the newer deliveries before them.
+                # (Its end nudges us; only `wake` can say so, `space` may be set already.)
+                await wait_any([self.wake], timeout=None)
+                continue
             try:
                 step = await (self._claim_head(now) if self.head_mode else self._claim_batch(now))
             except StoreError as exc:
@@ -337,6 +344,8 @@ class SubscriberDispatcher:
                 await self._store.requeue_retries(self.name)
             except StoreError as exc:
                 log.warning("cannot requeue retries: %s", exc, extra={"subscriber": self.name})
+            finally:
+                self._settling = False
         if change in (Change.OPENED, Change.CLOSED, Change.PAUSED, Change.DISABLE):
             self._nudge()  # the claimer hands back the buffer, or starts draining
 
@@ -359,6 +368,7 @@ class SubscriberDispatcher:
         change = Change.NONE
         if verdict is Verdict.SUCCESS:
             change = self.breaker.success()
+            self._settling = change is Change.CLOSED
         elif verdict is Verdict.GONE:
             self.disabled = True
         elif outcome.status == 429:
