@@ -19,7 +19,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from bench import delivery, plots, polling, procs, report
+from bench import delivery, many_idle, plots, polling, procs, report
 from bench.ctx import Ctx
 from bench.plan import FULL, SMOKE
 from relay.sim.simulator import SimulatedWebFones
@@ -59,6 +59,7 @@ async def run(ctx: Ctx, only: set[str]) -> dict[str, float]:
         if "idle" in only:
             async with timed(timings, "idle + budget"), procs.fast_receiver(ctx.logs) as rx:
                 await asyncio.gather(polling.idle(ctx, sim, upstream, rx.url), polling.budget(ctx))
+                await many_idle.many_idle(ctx, upstream, rx.url)
         if builds is not None:
             async with timed(timings, "backlog"):
                 await delivery.backlog(ctx, upstream, await builds)

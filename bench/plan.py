@@ -73,6 +73,7 @@ class Sizes:
     down_seconds: float  # (3)
     ingest_records: int  # (4)
     idle_seconds: float  # (5)
+    idle_subscribers: int  # (5) subscribers of the relay whose idle cost is measured from outside
     budget: tuple[int, float]  # (6) requests per seconds
     budget_seconds: float
     isolation: int  # (7) deliveries to the healthy subscriber
@@ -93,6 +94,7 @@ FULL = Sizes(
     down_seconds=2.0,
     ingest_records=100_000,
     idle_seconds=60.0,
+    idle_subscribers=10_000,
     budget=(20, 10.0),
     budget_seconds=32.0,
     isolation=30_000,
@@ -113,6 +115,7 @@ SMOKE = Sizes(
     down_seconds=0.5,
     ingest_records=1_000,
     idle_seconds=3.0,
+    idle_subscribers=1_000,
     budget=(4, 1.0),
     budget_seconds=3.0,
     isolation=300,

@@ -47,6 +47,13 @@ from pydantic_settings import (
 from relay.config import payload
 from relay.config.durations import Duration, PositiveDuration, format_duration
 from relay.config.file import Loc, expand_env_refs, read_yaml, render_loc
+from relay.config.pace import (
+    CircuitSettings,
+    Ordering,
+    SubscriberRateLimit,
+    preset_for,
+    rate_limit_or_none,
+)
 from relay.core.errors import ConfigError
 from relay.core.filters import MATCH_ALL, Filter
 from relay.core.formats import ENVELOPE, FormatName, FormatSpec
@@ -293,6 +300,17 @@ class SubscriberSettings(_Section):
     retry_on_4xx: bool = True
     max_retry_after: PositiveDuration = 3600.0
     enabled: bool = True
+    # None: the preset for the URL's host, if any (relay.config.pace); "none": no limit.
+    rate_limit: Annotated[SubscriberRateLimit | None, BeforeValidator(rate_limit_or_none)] = None
+    circuit: CircuitSettings = Field(default_factory=CircuitSettings)
+    ordering: Annotated[Ordering, BeforeValidator(_lower)] = "parallel"
+
+    def pace(self) -> SubscriberRateLimit | None:
+        """The rate limit in force: the configured one, else the host's preset, else None."""
+        if self.rate_limit is None:
+            return preset_for(self.url)
+        return None if self.rate_limit.requests == 0 else self.rate_limit
+
     _keys: tuple[SigningKey, ...] = PrivateAttr(default=())
     _filter: Filter = PrivateAttr(default=MATCH_ALL)
     _format: FormatSpec = PrivateAttr(default=ENVELOPE)

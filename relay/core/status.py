@@ -55,7 +55,8 @@ class AccountState:
 
 @dataclass(slots=True)
 class QueueCounts:
-    """One subscriber's queue, by delivery state, and whether it is disabled (with why).
+    """One subscriber's queue, by delivery state, whether it is disabled (with why), and its
+    circuit breaker and 429 pause.
 
     ``oldest_pending_at`` is when the queue's earliest pending delivery is (or was) due.
     """
@@ -68,6 +69,11 @@ class QueueCounts:
     disabled: str | None = None
     # No longer configured since then: its deliveries are purged after delivery.orphan_retention.
     orphaned_since: float | None = None
+    circuit: str = "closed"  # "open": only one probe at a time (relay.core.breaker)
+    failures: int = 0  # consecutive failed attempts
+    failing_since: float | None = None
+    circuit_opened_at: float | None = None
+    paused_until: float | None = None  # a 429 asked for quiet until then
 
 
 @dataclass(slots=True)

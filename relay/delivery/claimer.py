@@ -1,15 +1,22 @@
 """Per-subscriber delivery: claim due deliveries in batches, POST them with bounded
-concurrency, and hand every result to one batching writer.
+concurrency at the subscriber's pace, and hand every result to one batching writer.
 
-Each subscriber has its own claimer and its own ``max_in_flight`` workers, so a slow, failing or
-dead subscriber only ever occupies its own workers. Pending deliveries live in the store; only a
-small claimed buffer (:func:`buffer_size`) is ever in memory, so memory does not grow with the
-backlog.
+A dispatcher has no task of its own while its subscriber is idle. The
+:class:`~relay.delivery.scheduler.DeliveryScheduler` starts :meth:`SubscriberDispatcher.run`
+when there is something to look at (new work, a due retry, a pause or probe coming due, a
+replay or re-enable); it claims while deliveries are due, starts up to ``max_in_flight``
+workers that send from the claimed buffer and end when it is empty, tells the scheduler when
+it next has something due, and returns. So idle cost does not grow with the subscriber count.
 
-The hot path is per delivery: hand a claimed delivery to an idle worker, sign, POST, queue the
-result. It avoids per-delivery tasks and waiters: an idle worker parks on one future that the
-claimer resolves with its next delivery, and a busy worker takes the next one straight from the
-buffer.
+Only a small claimed buffer (:func:`buffer_size`) is ever in memory. Three things narrow what
+is sent (see :mod:`relay.core.breaker` and :mod:`relay.delivery.pacing`):
+
+* a rate limit: POSTs pass a limiter just before they leave, and the buffer holds only what
+  the limit lets out within the lease;
+* a 429 pause: the buffer is handed back to the store untouched (no attempt spent) and
+  nothing is sent until the pause ends;
+* head mode (``ordering: fifo``, or an open circuit): only the oldest delivery, one at a time,
+  its result written before the next head is chosen.
 """
 
 from __future__ import annotations
@@ -19,25 +26,54 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
 
 from relay.config.schema import DeliverySettings, SubscriberSettings
 from relay.core.aio import wait_any
+from relay.core.breaker import Change
 from relay.core.errors import LocalResourceError, StoreError
 from relay.core.models import Delivery, Finished, Outcome
-from relay.core.retry import Verdict, classify, next_attempt_at
+from relay.core.retry import Verdict, classify
 from relay.core.status import RuntimeSubscriber
+from relay.delivery.breaker import SubscriberBreaker
+from relay.delivery.outcome import decide, log_attempt
+from relay.delivery.pacing import Pace
 from relay.delivery.results import ResultWriter
 from relay.delivery.sender import AttemptOutcome, Sender
 from relay.store.base import Store
 
 log = logging.getLogger(__name__)
 
-IDLE_RECHECK = 5.0  # even with nothing due, look at the store this often (replays, re-enables)
 STORE_RETRY = 1.0
 RESULT_LAG = 0.05  # how long a just-finished result may sit in the write batch
 LOCAL_BACKOFF = 1.0  # a worker that hit a local resource error (EMFILE) rests this long
 MIN_BUFFER = 128  # claimed deliveries a subscriber may hold; claims of half of it amortise well
+
+
+@dataclass(frozen=True, slots=True)
+class _End:
+    """This run is over; look again at ``when`` (None: only when woken)."""
+
+    when: float | None
+
+
+# What one claim step says next: claim again at once, wait for room or a wake-up, or end.
+_Step = Literal["again", "wait"] | _End
+
+
+class Waker(Protocol):
+    """What a dispatcher needs from its scheduler."""
+
+    def spawn(self, name: str, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro`` as a task the scheduler owns (logged if it fails, drained at stop)."""
+
+    def wake(self, subscriber: str) -> None:
+        """Make sure the subscriber's :meth:`SubscriberDispatcher.run` looks again soon."""
+
+    def at(self, subscriber: str, when: float) -> None:
+        """Wake the subscriber at epoch time ``when`` (the earliest request wins)."""
 
 
 def buffer_size(max_in_flight: int, batch_size: int) -> int:
@@ -51,7 +87,7 @@ def buffer_size(max_in_flight: int, batch_size: int) -> int:
 
 
 class SubscriberDispatcher:
-    """Delivers one subscriber's queue. The supervisor runs ``claim_loop`` and the workers."""
+    """Delivers one subscriber's queue, started on demand by the scheduler."""
 
     def __init__(
         self,
@@ -68,110 +104,227 @@ class SubscriberDispatcher:
         self._sender = sender
         self._results = results
         self._clock = clock
-        self._capacity = buffer_size(subscriber.max_in_flight, delivery.batch_size)
-        self._batch = min(delivery.batch_size, self._capacity)
-        # A claimed delivery may wait behind one full buffer, sent max_in_flight at a time, before
-        # its own POST; the lease must outlive that wait, or the claimer would take it again.
-        rounds = -(-self._capacity // subscriber.max_in_flight) + 1
+        limit = subscriber.pace()
+        self.pace = Pace(limit) if limit is not None else None
+        self.breaker = SubscriberBreaker(self.name, subscriber.circuit.policy(), store)
+        self.fifo = subscriber.ordering == "fifo"
+        capacity = buffer_size(subscriber.max_in_flight, delivery.batch_size)
+        if self.pace is not None:
+            capacity = min(capacity, self.pace.holdable())
+        self._capacity = capacity
+        self._batch = min(delivery.batch_size, capacity)
+        # A claimed delivery may wait behind one full buffer, sent max_in_flight at a time, and
+        # behind the rate limit, before its own POST; the lease must outlive that wait, or the
+        # claimer would take it again.
+        rounds = -(-capacity // subscriber.max_in_flight) + 1
         self._lease = subscriber.timeout * rounds + delivery.lease_margin
+        if self.pace is not None:
+            self._lease += self.pace.drain_time(capacity)
         self._ready: deque[Delivery] = deque()  # claimed, waiting for a worker
-        self._idle: deque[asyncio.Future[Delivery | None]] = deque()  # parked workers
-        self._closed = False
         self._held: set[int] = set()  # claimed and not yet finished (queued or in flight)
-        self.wake = asyncio.Event()
-        self._space = asyncio.Event()
+        self._head: int | None = None  # in head mode, the one delivery that may be sent
+        self._workers = 0
+        self._closed = False
+        self._waker: Waker | None = None
+        self.active = False  # run() is going
+        self.wake = asyncio.Event()  # something may have changed: look again
+        self._space = asyncio.Event()  # a held delivery finished
         self.disabled = False
         self._soonest: float | None = None  # earliest retry we scheduled and may not see yet
+        self._settling = False  # a closed circuit's requeue is still under way
         self.stats = RuntimeSubscriber()  # what the operator surfaces show
 
-    async def claim_loop(self, stop: asyncio.Event) -> None:
-        """Keep the local buffer topped up from the store until ``stop``."""
-        while not stop.is_set():
-            room = self._capacity - len(self._held)
-            if room * 2 < self._capacity:
-                # Buffer still at least half full: wait for workers to make room.
-                self._space.clear()
-                await wait_any([self._space, stop], timeout=IDLE_RECHECK)
-                continue
+    # -- scheduling ---------------------------------------------------------------------------
+
+    def attach(self, waker: Waker) -> None:
+        """Called once by the scheduler that owns this dispatcher's tasks."""
+        self._waker = waker
+
+    def activate(self) -> None:
+        """Look at the store now: start :meth:`run`, or nudge it if it is going."""
+        if self._closed:
+            return
+        if self.active:
+            self.wake.set()
+            return
+        assert self._waker is not None, "attach() the dispatcher to a scheduler first"
+        self.active = True
+        self.wake.clear()
+        self._waker.spawn(f"claim:{self.name}", self.run())
+
+    @property
+    def head_mode(self) -> bool:
+        """True while only the oldest delivery may be sent (fifo, or an open circuit)."""
+        return self.fifo or self.breaker.circuit.is_open
+
+    async def run(self) -> None:
+        """Claim and hand out while anything is due; then say when to look next, and end."""
+        try:
+            when = await self._claim_while_due()
+        finally:
+            self.active = False  # no await between the last look at `wake` and here
+        if when is not None and self._waker is not None:
+            self._waker.at(self.name, when)
+
+    async def _claim_while_due(self) -> float | None:
+        while not self._closed:
             self.wake.clear()
+            now = self._clock()
+            circuit = self.breaker.circuit
+            if circuit.paused(now) or self.disabled or (self.head_mode and self._head is None):
+                # Nothing in the buffer may go out now: it waits in the store, attempts unspent.
+                await self._give_back_ready()
+            if circuit.paused(now):
+                return circuit.paused_until
+            if self._settling:
+                # The circuit just closed: the retries it held back get their place in the
+                # queue back first, or this claim would take the newer deliveries before them.
+                # (Its end nudges us; only `wake` can say so, `space` may be set already.)
+                await wait_any([self.wake], timeout=None)
+                continue
             try:
-                claimed = await self._store.claim(
-                    self.name, min(room, self._batch), self._clock(), self._lease
-                )
+                step = await (self._claim_head(now) if self.head_mode else self._claim_batch(now))
             except StoreError as exc:
                 log.error("cannot claim deliveries: %s", exc, extra={"subscriber": self.name})
-                await wait_any([stop], timeout=STORE_RETRY)
+                return self._clock() + STORE_RETRY
+            if step == "again" or self.wake.is_set():
                 continue
-            if claimed and self._soonest is not None and self._soonest <= self._clock():
-                self._soonest = None
-            if claimed:
-                self.disabled = False  # the store hands out work only to enabled subscribers
-            for d in claimed:
-                if d.id not in self._held:
-                    self._held.add(d.id)
-                    self._hand_out(d)
-            if len(claimed) == min(room, self._batch) and claimed:
-                continue  # more may be due right now
-            await wait_any([self.wake, stop], timeout=await self._idle_timeout())
+            if step == "wait":
+                await wait_any([self.wake, self._space], timeout=None)
+                continue
+            return step.when
+        return None
 
-    async def _idle_timeout(self) -> float:
-        now = self._clock()
-        if self._soonest is not None:
-            if self._soonest > now:
-                return min(IDLE_RECHECK, self._soonest - now)
-            if self._soonest > now - 1.0:
-                # A retry is due but its result may still be in the write batch: look again
-                # shortly rather than trusting the store's stale view.
-                return RESULT_LAG
-            self._soonest = None
+    async def _claim_batch(self, now: float) -> _Step:
+        room = self._capacity - len(self._held)
+        if room * 2 < self._capacity:
+            self._space.clear()
+            return "wait"  # buffer still at least half full: wait for the workers
+        want = min(room, self._batch)
+        claimed = await self._store.claim(self.name, want, now, self._lease)
+        self._take(claimed)
+        if claimed and len(claimed) == want:
+            return "again"  # more may be due right now
+        return _End(await self._next_look())
+
+    async def _claim_head(self, now: float) -> _Step:
+        if self._held:
+            self._space.clear()
+            return "wait"  # the one delivery allowed out is still out
+        claimed = await self._store.claim_head(self.name, now, self._lease)
+        if claimed is not None:
+            self._head = claimed.id
+            self._take([claimed])
+            return "wait"
+        return _End(self._next_due(await self._store.head_due(self.name)))
+
+    async def _next_look(self) -> float | None:
         try:
             due = await self._store.next_due(self.name)
         except StoreError:
-            return STORE_RETRY
-        if due is None:
-            return IDLE_RECHECK
-        return max(0.0, min(IDLE_RECHECK, due - now))
+            return self._clock() + STORE_RETRY
+        return self._next_due(due)
 
-    def _hand_out(self, delivery: Delivery) -> None:
-        """Give a claimed delivery to a parked worker, or buffer it for the next free one."""
-        while self._idle:
-            parked = self._idle.popleft()
-            if not parked.done():  # a cancelled worker leaves its future behind, done
-                parked.set_result(delivery)
-                return
-        self._ready.append(delivery)
+    def _next_due(self, due: float | None) -> float | None:
+        now = self._clock()
+        if self._soonest is not None:
+            if self._soonest > now:
+                return self._soonest if due is None else min(due, self._soonest)
+            if self._soonest > now - 1.0:
+                # A retry is due but its result may still be in the write batch: look again
+                # shortly rather than trusting the store's stale view. Once, not periodically.
+                return now + RESULT_LAG
+            self._soonest = None
+        return due
+
+    def _take(self, claimed: list[Delivery]) -> None:
+        if claimed and self._soonest is not None and self._soonest <= self._clock():
+            self._soonest = None
+        if claimed and self.disabled:
+            # The store hands out work only to enabled subscribers: an operator re-enabled it,
+            # which also reset the saved circuit.
+            self.disabled = False
+            self.breaker.reset()
+        for d in claimed:
+            if d.id not in self._held:
+                self._held.add(d.id)
+                self._ready.append(d)
+        self._start_workers()
+
+    def _start_workers(self) -> None:
+        limit = 1 if self.head_mode else self.sub.max_in_flight
+        assert self._waker is not None
+        while self._workers < limit and self._workers < len(self._ready) and not self._closed:
+            self._workers += 1
+            self._waker.spawn(f"send:{self.name}", self._work())
+
+    async def _give_back_ready(self) -> None:
+        if not self._ready:
+            return
+        ids = [d.id for d in self._ready]
+        self._ready.clear()
+        try:
+            await self._store.release(ids)
+        except StoreError as exc:
+            # Still leased in the store: their lease expiry makes them due again.
+            log.warning("cannot release deliveries: %s", exc, extra={"subscriber": self.name})
+        finally:
+            self._held.difference_update(ids)
+            self._space.set()
+
+    async def _give_back(self, delivery: Delivery) -> None:
+        """Hand one claimed delivery back untouched: no attempt was made."""
+        try:
+            await self._store.release([delivery.id])
+        except StoreError as exc:
+            # Still leased in the store: its lease expiry makes it due again.
+            log.warning("cannot release a delivery: %s", exc, extra={"subscriber": self.name})
+        finally:
+            self._held.discard(delivery.id)
+            if delivery.id == self._head:
+                self._head = None
+            self._space.set()
 
     def close(self) -> None:
-        """Stop handing out work: parked workers return now, busy ones after their delivery."""
+        """Stop claiming and handing out work: busy workers finish the delivery in hand."""
         self._closed = True
-        while self._idle:
-            parked = self._idle.popleft()
-            if not parked.done():
-                parked.set_result(None)
+        self.wake.set()
+        self._space.set()
 
-    async def worker(self, stop: asyncio.Event) -> None:
-        """Send claimed deliveries one at a time until ``stop`` (the in-flight one finishes).
+    def unfinished(self) -> list[int]:
+        """Ids claimed but not finished: released at shutdown so they go out after restart."""
+        return sorted(self._held)
 
-        The supervisor calls :meth:`close` once ``stop`` is set, which wakes parked workers.
-        """
-        loop = asyncio.get_running_loop()
-        while not stop.is_set() and not self._closed:
-            if self._ready:
-                await self._deliver(self._ready.popleft())
-                continue
-            parked: asyncio.Future[Delivery | None] = loop.create_future()
-            self._idle.append(parked)
-            delivery = await parked
-            if delivery is None:
-                return  # closed: shutting down
-            await self._deliver(delivery)
+    # -- workers ------------------------------------------------------------------------------
+
+    def _may_send(self, delivery: Delivery) -> bool:
+        if self._closed or self.disabled or self.breaker.circuit.paused(self._clock()):
+            return False
+        return not self.head_mode or delivery.id == self._head
+
+    async def _work(self) -> None:
+        """Send from the buffer until it is empty, then end."""
+        try:
+            while self._ready and not self._closed:
+                delivery = self._ready.popleft()
+                if self._may_send(delivery) and self.pace is not None:
+                    await self.pace.acquire()
+                if not self._may_send(delivery):
+                    # Paused, disabled or gated while it waited: back to the buffer, which the
+                    # claimer hands back to the store.
+                    self._ready.appendleft(delivery)
+                    self._nudge()
+                    return
+                await self._deliver(delivery)
+        finally:
+            self._workers -= 1
+
+    def _nudge(self) -> None:
+        if self._waker is not None and not self._closed:
+            self._waker.wake(self.name)
 
     async def _deliver(self, delivery: Delivery) -> None:
-        if self.disabled:
-            # 410 Gone arrived for an earlier delivery: do not send the rest of the buffer to a
-            # receiver that is gone; hand it back so a re-enable finds it due at once.
-            await self._give_back(delivery)
-            return
+        head = self.head_mode
         try:
             outcome = await self._sender.send(delivery)
         except LocalResourceError as exc:
@@ -185,11 +338,14 @@ class SubscriberDispatcher:
             self.stats.record("local_error", None, str(exc), self._clock())
             await self._give_back(delivery)
             await asyncio.sleep(LOCAL_BACKOFF)
+            self._nudge()  # claim it again
             return
         try:
-            finished = self._decide(delivery, outcome)
-            if finished.outcome is Outcome.GONE:
-                await self._finish_gone(finished)
+            finished, change = self._decide(delivery, outcome)
+            if finished.outcome is Outcome.GONE or head:
+                await self._finish_now(finished)
+            elif finished.outcome is Outcome.RETRY:
+                self._results.put(finished, wake=self.name)  # look again once it is written
             else:
                 self._results.put(finished)
         except asyncio.CancelledError:
@@ -199,85 +355,71 @@ class SubscriberDispatcher:
             self._held.discard(delivery.id)
             raise
         self._held.discard(delivery.id)
+        if delivery.id == self._head:
+            self._head = None
         self._space.set()
         attempt = outcome.attempt
         self.stats.record(
             finished.outcome.value, attempt.latency_ms / 1000.0, attempt.error, attempt.at
         )
-        self._log(delivery, outcome, finished)
+        log_attempt(self.name, delivery, outcome, finished)
+        await self._after(change, outcome)
 
-    async def _finish_gone(self, finished: Finished) -> None:
-        # Written at once rather than with the batch: the store disables the subscriber in the
-        # same commit (see Store.finish), and until it knows, the claimer would take back the
-        # deliveries the workers hand back and send them to a receiver that is gone.
+    async def _after(self, change: Change, outcome: AttemptOutcome) -> None:
+        """Save and react to a breaker change (never on the happy path: NONE)."""
+        if change is Change.NONE:
+            return
+        now = outcome.attempt.at
+        await self.breaker.record(change, now, outcome.attempt.error)
+        if change is Change.DISABLE:
+            self.disabled = True
+        if change is Change.CLOSED:
+            try:
+                await self._store.requeue_retries(self.name)
+            except StoreError as exc:
+                log.warning("cannot requeue retries: %s", exc, extra={"subscriber": self.name})
+            finally:
+                self._settling = False
+        if change in (Change.OPENED, Change.CLOSED, Change.PAUSED, Change.DISABLE):
+            self._nudge()  # the claimer hands back the buffer, or starts draining
+
+    async def _finish_now(self, finished: Finished) -> None:
+        # Written at once rather than with the batch. A GONE: the store disables the subscriber
+        # in the same commit (see Store.finish); until it knows, the claimer would take back the
+        # deliveries the workers hand back. Head mode: the next head is chosen by the store,
+        # which must see this one's outcome first, or it would choose the one behind it.
         try:
             await self._store.finish([finished])
         except StoreError as exc:
-            log.warning("cannot record 410 Gone yet: %s", exc, extra={"subscriber": self.name})
-            self._results.put(finished)
+            log.warning("cannot record a result yet: %s", exc, extra={"subscriber": self.name})
+            self._results.put(finished, wake=self.name)
 
-    async def _give_back(self, delivery: Delivery) -> None:
-        try:
-            await self._store.release([delivery.id])
-        except StoreError as exc:
-            # Still leased in the store: its lease expiry makes it due again.
-            log.warning("cannot release a delivery: %s", exc, extra={"subscriber": self.name})
-        finally:
-            self._held.discard(delivery.id)
-            self._space.set()
-
-    def _decide(self, delivery: Delivery, outcome: AttemptOutcome) -> Finished:
+    def _decide(self, delivery: Delivery, outcome: AttemptOutcome) -> tuple[Finished, Change]:
         if outcome.permanent:  # the body cannot be rendered: no retry can help
-            return Finished(delivery.id, outcome.attempt, Outcome.DEAD)
-        attempts = delivery.attempts + 1
+            return Finished(delivery.id, outcome.attempt, Outcome.DEAD), Change.NONE
         verdict = classify(outcome.status, retry_on_4xx=self.sub.retry_on_4xx)
+        at = outcome.attempt.at
+        change = Change.NONE
         if verdict is Verdict.SUCCESS:
-            return Finished(delivery.id, outcome.attempt, Outcome.DELIVERED)
-        if verdict is Verdict.GONE:
+            change = self.breaker.success()
+            self._settling = change is Change.CLOSED
+        elif verdict is Verdict.GONE:
             self.disabled = True
-            return Finished(delivery.id, outcome.attempt, Outcome.GONE)
-        if verdict is Verdict.RETRY:
-            next_at = next_attempt_at(
-                self.sub.retry,
-                attempts,
-                outcome.attempt.at,
-                jitter=random.random(),
-                retry_after=outcome.retry_after,
-                max_retry_after=self.sub.max_retry_after,
-            )
-            if next_at is not None:
-                # Remember the earliest retry so the claimer wakes for it without polling.
-                if self._soonest is None or next_at < self._soonest:
-                    self._soonest = next_at
-                    self.wake.set()
-                return Finished(delivery.id, outcome.attempt, Outcome.RETRY, next_at)
-        return Finished(delivery.id, outcome.attempt, Outcome.DEAD)
-
-    def _log(self, delivery: Delivery, outcome: AttemptOutcome, finished: Finished) -> None:
-        if finished.outcome is Outcome.DELIVERED and not log.isEnabledFor(logging.INFO):
-            return  # the common case at WARNING: do not even build the fields
-        fields = {
-            "account": delivery.account,
-            "rid": delivery.rid,
-            "subscriber": self.name,
-            "webhook_id": outcome.webhook_id,
-            "attempt": delivery.attempts + 1,
-            "status": outcome.status,
-            "latency_ms": round(outcome.attempt.latency_ms, 1),
-        }
-        if finished.outcome is Outcome.DELIVERED:
-            log.info("delivered", extra=fields)
-            return
-        fields["error"] = outcome.attempt.error
-        if finished.outcome is Outcome.RETRY:
-            assert finished.next_at is not None
-            fields["next_in"] = f"{finished.next_at - outcome.attempt.at:.0f}s"
-            log.warning("attempt failed, will retry", extra=fields)
-        elif finished.outcome is Outcome.GONE:
-            log.error("subscriber answered 410 Gone: disabled, deliveries kept", extra=fields)
-        else:
-            log.error("dead-lettered: retries exhausted or not retryable", extra=fields)
-
-    def unfinished(self) -> list[int]:
-        """Ids claimed but not finished: released at shutdown so they go out after restart."""
-        return sorted(self._held)
+        elif outcome.status == 429:
+            asked = outcome.retry_after if outcome.retry_after is not None else self.sub.retry[0]
+            # Counted from when the answer arrived (now), not from when the request left.
+            change = self.breaker.pause(self._clock(), min(asked, self.sub.max_retry_after))
+        elif verdict is Verdict.RETRY:
+            change = self.breaker.failure(at)
+        # A 429, or a failure while the circuit is open, never runs out of schedule: the
+        # receiver is throttling or down, not rejecting this delivery.
+        patient = outcome.status == 429 or self.breaker.circuit.is_open
+        finished = decide(self.sub, delivery, outcome, verdict, patient, random.random())
+        if finished.next_at is not None and (
+            self._soonest is None or finished.next_at < self._soonest
+        ):
+            # Remember the earliest retry so the scheduler wakes us for it without polling.
+            self._soonest = finished.next_at
+            if self._waker is not None:
+                self._waker.at(self.name, finished.next_at)
+        return finished, change

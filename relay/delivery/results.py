@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from relay.core.aio import wait_any
 from relay.core.errors import StoreError
@@ -28,12 +29,20 @@ class ResultWriter:
         self._max_batch = max_batch
         self._max_delay = max_delay
         self._pending: list[Finished] = []
+        # delivery id -> subscriber to wake once that result is written (retries: until then
+        # the store still shows the delivery leased, and nothing else would look again).
+        self._wakes: dict[int, str] = {}
+        self.on_written: Callable[[str], None] | None = None
         self._wake = asyncio.Event()
         self._full = asyncio.Event()
         self.written = 0
 
-    def put(self, result: Finished) -> None:
+    def put(self, result: Finished, wake: str | None = None) -> None:
+        """Queue a result; ``wake`` names a subscriber to wake (:attr:`on_written`) once it is
+        in the store."""
         self._pending.append(result)
+        if wake is not None:
+            self._wakes[result.delivery_id] = wake
         self._wake.set()
         if len(self._pending) >= self._max_batch:
             self._full.set()
@@ -69,6 +78,16 @@ class ResultWriter:
                 return False
             del self._pending[: len(batch)]
             self.written += len(batch)
+            if self._wakes:
+                self._woken(batch)
             if left is not None:
                 left -= len(batch)
         return True
+
+    def _woken(self, batch: list[Finished]) -> None:
+        names = {self._wakes.pop(f.delivery_id, None) for f in batch}
+        names.discard(None)
+        if self.on_written is not None:
+            for name in names:
+                assert name is not None
+                self.on_written(name)

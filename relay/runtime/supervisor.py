@@ -1,11 +1,13 @@
 """The supervisor: owns every long-lived task of a built pipeline (see :mod:`relay.runtime.wiring`).
 
-Nothing else creates long-lived tasks. Each account's poller and each subscriber's claimer and
-workers form a *unit* with its own stop event, so a reload (:mod:`relay.runtime.reload`) can stop
-and start one without touching the others. Shutdown is two-phase, started by one ``stop`` event
-(SIGINT/SIGTERM only set it): pollers and claimers stop at once; workers finish the delivery in
-hand within ``delivery.grace_period``; whatever is still in flight then is cancelled; results
-are flushed; deliveries claimed but not finished are released so they go out after a restart.
+Nothing else creates long-lived tasks; the delivery scheduler (one of them) owns the
+short-lived tasks a subscriber runs while it has work. Each account's poller is a *unit* with its
+own stop event, and the scheduler takes subscribers on and off, so a reload
+(:mod:`relay.runtime.reload`) changes one without touching the others. Shutdown is two-phase,
+started by one ``stop`` event (SIGINT/SIGTERM only set it): pollers and claims stop at once;
+workers finish the delivery in hand within ``delivery.grace_period``; whatever is still in flight
+then is cancelled; results are flushed; deliveries claimed but not finished are released so they
+go out after a restart.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ from relay.config.schema import Settings
 from relay.core.aio import wait_any, wait_or_stop
 from relay.core.errors import ConfigError, StoreError
 from relay.core.status import RelayStatus
-from relay.delivery.claimer import SubscriberDispatcher
 from relay.ingest.poller import AccountPoller
 from relay.ops.control import ReloadResult
 from relay.runtime import maintenance
@@ -37,11 +38,10 @@ WATCH_EVERY = 1.0  # how often --watch looks at the config file
 
 @dataclass
 class _Unit:
-    """One account's or one subscriber's tasks, stopped together."""
+    """One account's tasks, stopped together."""
 
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
-    workers: list[asyncio.Task[None]] = field(default_factory=list)
 
 
 class Supervisor:
@@ -121,8 +121,8 @@ class Supervisor:
             writer = tg.create_task(self.results.run(writer_stop), name="result-writer")
             for poller in self.pollers:
                 self._start_poller(poller)
-            for d in self.dispatchers.values():
-                self._start_dispatcher(d)
+            # One task for every subscriber: dispatchers run on demand, not on timers.
+            scheduler = self._spawn(tg, "delivery", stop, self.pipeline.scheduler.run)
             self._spawn(tg, "maintenance", stop, self._maintain)
             self._spawn(tg, "reload", stop, self._reloads)
             log.info(
@@ -137,9 +137,9 @@ class Supervisor:
             async with self._reload_lock:  # a reload in progress finishes first
                 for unit in self._units.values():
                     unit.stop.set()
-                for d in self.dispatchers.values():
-                    d.close()  # idle workers return now; busy ones after the delivery in hand
-                await self._drain([w for u in self._units.values() for w in u.workers])
+                # The scheduler stops claiming at once and lets in-flight deliveries finish
+                # within the grace period (cancelling the rest).
+                await scheduler
             writer_stop.set()
             await writer
             await self._release(self.dispatchers.values())
@@ -150,21 +150,11 @@ class Supervisor:
         unit = self._units[f"poll:{poller.name}"] = _Unit()
         unit.tasks.append(self._spawn(self._tg, f"poll:{poller.name}", unit.stop, poller.run))
 
-    def _start_dispatcher(self, d: SubscriberDispatcher) -> None:
-        assert self._tg is not None
-        unit = self._units[f"sub:{d.name}"] = _Unit()
-        unit.tasks.append(self._spawn(self._tg, f"claim:{d.name}", unit.stop, d.claim_loop))
-        for i in range(d.sub.max_in_flight):
-            worker = self._spawn(self._tg, f"send:{d.name}:{i}", unit.stop, d.worker)
-            unit.workers.append(worker)
-            unit.tasks.append(worker)
-
     async def _stop_unit(self, key: str) -> None:
         unit = self._units.pop(key, None)
         if unit is None:
             return
         unit.stop.set()
-        await self._drain(unit.workers)
         await asyncio.gather(*unit.tasks, return_exceptions=True)
 
     def _spawn(
@@ -191,21 +181,6 @@ class Supervisor:
                 log.exception("task %s crashed; restarting in %.0fs", name, RESTART_DELAY)
                 await wait_or_stop(stop, RESTART_DELAY)
 
-    async def _drain(self, workers: list[asyncio.Task[None]]) -> None:
-        grace = self.settings.delivery.grace_period
-        if not workers:
-            return
-        _, late = await asyncio.wait(workers, timeout=grace)
-        if late:
-            log.warning(
-                "%d deliveries still in flight after %.0fs grace: cancelled, retried after restart",
-                len(late),
-                grace,
-            )
-            for task in late:
-                task.cancel()
-            await asyncio.gather(*late, return_exceptions=True)
-
     async def _release(self, dispatchers: Any) -> None:
         ids = [i for d in dispatchers for i in d.unfinished()]
         if not ids:
@@ -221,10 +196,9 @@ class Supervisor:
     async def _apply(self, new: Settings) -> ReloadResult:
         plan = plan_reload(self.settings, new)
         for name in plan.stop_subscribers:
-            d = self.dispatchers.pop(name)
-            d.close()
-            await self._stop_unit(f"sub:{name}")
-            await self._release([d])
+            d = await self.pipeline.scheduler.remove(name)
+            if d is not None:
+                await self._release([d])
         if plan.new_client:
             assert self.pipeline.upstream_session is not None
             self.pipeline.client = make_client(new, self.pipeline.upstream_session)
@@ -233,8 +207,7 @@ class Supervisor:
             self.pollers[:] = [p for p in self.pollers if p.name != name]
         self.settings = new
         for sub in plan.start_subscribers:
-            d = self.dispatchers[sub.name] = make_dispatcher(self.pipeline, sub, new)
-            self._start_dispatcher(d)
+            self.pipeline.scheduler.add(make_dispatcher(self.pipeline, sub, new))
         for account in plan.start_accounts:
             poller = make_poller(self.pipeline, account, new)
             self.pollers.append(poller)

@@ -20,6 +20,7 @@ from relay.core.status import RelayStatus
 from relay.delivery.claimer import SubscriberDispatcher
 from relay.delivery.http1 import Http1Client
 from relay.delivery.results import ResultWriter
+from relay.delivery.scheduler import DeliveryScheduler
 from relay.delivery.sender import Sender
 from relay.ingest.budget import KeyBudget
 from relay.ingest.poller import AccountPoller
@@ -35,6 +36,7 @@ class Pipeline:
     pollers: list[AccountPoller]
     dispatchers: dict[str, SubscriberDispatcher]
     results: ResultWriter
+    scheduler: DeliveryScheduler
     # What later builds (a reload adding a subscriber or account) need.
     upstream_session: aiohttp.ClientSession | None = None
     delivery_client: Http1Client | None = None
@@ -45,9 +47,7 @@ class Pipeline:
     def notify(self, subscribers: list[str]) -> None:
         """Wake the named subscribers' claimers: new deliveries were just committed."""
         for name in subscribers:
-            dispatcher = self.dispatchers.get(name)
-            if dispatcher is not None:
-                dispatcher.wake.set()
+            self.scheduler.wake(name)
 
     async def status(self, running: bool, settings: Settings, now: float) -> RelayStatus:
         """The store's snapshot plus what the pollers and dispatchers know, as of ``now``."""
@@ -76,13 +76,21 @@ def build_pipeline(
     clock: Callable[[], float] = time.time,
 ) -> Pipeline:
     """Build every part from ``settings``; the sessions and the store are handed in, not built."""
-    pipeline = Pipeline(store, [], {}, ResultWriter(store))
+    results = ResultWriter(store)
+    dispatchers: dict[str, SubscriberDispatcher] = {}
+    # One scheduler runs every subscriber's deliveries on demand; it wakes a subscriber when
+    # its retries' results are written.
+    scheduler = DeliveryScheduler(
+        dispatchers, store, grace=settings.delivery.grace_period, clock=clock
+    )
+    results.on_written = scheduler.wake
+    pipeline = Pipeline(store, [], dispatchers, results, scheduler)
     pipeline.upstream_session, pipeline.delivery_client = upstream_session, delivery_client
     pipeline.clock = clock
     pipeline.client = make_client(settings, upstream_session)
     for sub in settings.subscribers:
         if sub.enabled:
-            pipeline.dispatchers[sub.name] = make_dispatcher(pipeline, sub, settings)
+            scheduler.add(make_dispatcher(pipeline, sub, settings))
     pipeline.pollers = [make_poller(pipeline, a, settings) for a in settings.upstream.accounts]
     return pipeline
 

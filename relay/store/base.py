@@ -13,6 +13,7 @@ import abc
 from collections.abc import Callable, Sequence
 from typing import ClassVar
 
+from relay.core.breaker import Circuit
 from relay.core.errors import StoreError
 from relay.core.journey import Journey, RecentAttempt, RecordQuery, RecordSummary
 from relay.core.models import (
@@ -165,6 +166,43 @@ class Store(StoreReader):
     async def next_due(self, subscriber: str) -> float | None:
         """When the subscriber's earliest pending delivery is due (None if none is pending)."""
 
+    # -- delivery pace: head of the queue, circuit breaker and pause --------------------------
+    #
+    # A subscriber with ``ordering: fifo``, or whose circuit is open, sends only the head of
+    # its queue: its oldest unfinished delivery in queue order (ingest order, i.e. by id),
+    # whatever the other deliveries' due times, one at a time.
+
+    @abc.abstractmethod
+    async def claim_head(self, subscriber: str, now: float, lease: float) -> Delivery | None:
+        """Lease the subscriber's oldest pending delivery (queue order) until ``now + lease``
+        if it is due at ``now``; None when it is not due yet, there is none, the subscriber is
+        disabled, or another of its deliveries is leased (one in flight, across instances on a
+        shared store). Deliveries behind the head are never returned, even when due."""
+
+    @abc.abstractmethod
+    async def head_due(self, subscriber: str) -> float | None:
+        """When the subscriber's oldest pending delivery is due (None: none, or disabled)."""
+
+    @abc.abstractmethod
+    async def due_times(self) -> dict[str, float]:
+        """Each enabled subscriber with pending or leased deliveries, and the earliest time
+        one is due (``next_at``, or a lease's expiry): one query for a whole relay's start."""
+
+    @abc.abstractmethod
+    async def requeue_retries(self, subscriber: str) -> int:
+        """Give the subscriber's pending deliveries that have failed before their place in the
+        queue back (due from when their record was received): called when its circuit closes,
+        so the backlog drains oldest first. Returns how many."""
+
+    @abc.abstractmethod
+    async def load_circuits(self) -> dict[str, Circuit]:
+        """Every subscriber's saved breaker and pause state; absent ones are closed."""
+
+    @abc.abstractmethod
+    async def save_circuit(self, subscriber: str, circuit: Circuit, now: float) -> None:
+        """Remember the subscriber's breaker and pause state as of ``now`` (a closed circuit
+        without failures or pause may be stored as absent)."""
+
     # -- operations ---------------------------------------------------------------------------
 
     @abc.abstractmethod
@@ -178,7 +216,8 @@ class Store(StoreReader):
         self, subscriber: str, reason: str | None, now: float
     ) -> None:
         """Disable (reason given) or re-enable (None) a subscriber as of ``now``; disabled ones
-        are not claimed for, and their deliveries are kept."""
+        are not claimed for, and their deliveries are kept. Re-enabling also resets the
+        subscriber's circuit (closed, no failures, no pause) in the same commit."""
 
     @abc.abstractmethod
     async def replay(self, subscriber: str | None, ids: Sequence[int] | None, now: float) -> int:

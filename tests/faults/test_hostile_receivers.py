@@ -239,7 +239,14 @@ async def test_other_subscribers_keep_flowing_while_a_hostile_one_is_served(
                 "hostile",
                 hostile_server.url,
                 new_secret(),
-                {"timeout": "10m", "max_in_flight": 1, "retry": ["10ms"] * 3},
+                # The circuit never opens: every delivery runs out of schedule, so each
+                # attempt's error is on record (the breaker has its own tests).
+                {
+                    "timeout": "10m",
+                    "max_in_flight": 1,
+                    "retry": ["10ms"] * 3,
+                    "circuit": {"open_after": 1000},
+                },
             ),
             Sub("healthy", healthy_url, new_secret()),
         ]

@@ -19,7 +19,9 @@ async def test_admin_status_dead_letters_and_replay(sim, receiver_factory, tmp_p
     stamp = dt.datetime.now(dt.UTC).replace(tzinfo=None) - dt.timedelta(seconds=20)
     made = [sim.add_record(KEY_A, started_at=stamp) for _ in range(3)]
     settings = make_settings(
-        tmp_path, sim.url, [Sub("crm", url, new_secret(), {"retry": ["20ms"]})]
+        tmp_path,
+        sim.url,
+        [Sub("crm", url, new_secret(), {"retry": ["20ms"], "circuit": {"open_after": 1000}})],
     )
     settings = settings.model_copy(
         update={

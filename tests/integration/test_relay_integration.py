@@ -217,7 +217,14 @@ async def test_dead_subscriber_does_not_delay_the_healthy_one(sim, receiver_fact
         tmp_path,
         sim_url(sim),
         [
-            Sub("dead", url_dead, new_secret(), {"retry": ["20ms", "20ms"]}),
+            # A circuit that never opens: this test is about the retry schedule running out
+            # (the breaker's own tests are in test_pace.py).
+            Sub(
+                "dead",
+                url_dead,
+                new_secret(),
+                {"retry": ["20ms", "20ms"], "circuit": {"open_after": 1000}},
+            ),
             Sub("ok", url_ok, new_secret()),
         ],
     )

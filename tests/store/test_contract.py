@@ -18,6 +18,14 @@ from relay.store import Store
 from tests.helpers import GENEROUS
 from tests.store.builders import LEASE, NOW, T0, batch, opened, rec, result, ts
 
+NO_CIRCUIT = {  # a subscriber's status when its circuit is closed, with no failures or pause
+    "circuit": "closed",
+    "failures": 0,
+    "failing_since": None,
+    "circuit_opened_at": None,
+    "paused_until": None,
+}
+
 # -- ingest ---------------------------------------------------------------------------------------
 
 
@@ -388,9 +396,11 @@ async def test_stats_reports_accounts_subscribers_and_counts(store: Store) -> No
     }  # fmt: skip
     assert {k: dataclasses.asdict(v) for k, v in stats.subscribers.items()} == {
         "a": {"pending": 1, "inflight": 1, "delivered": 0, "dead": 0, "disabled": None,
-              "oldest_pending_at": T0, "orphaned_since": None},
+              "oldest_pending_at": T0, **NO_CIRCUIT,
+              "orphaned_since": None},
         "z": {"pending": 0, "inflight": 0, "delivered": 0, "dead": 0, "disabled": "410 Gone",
-              "oldest_pending_at": None, "orphaned_since": None},
+              "oldest_pending_at": None, **NO_CIRCUIT,
+              "orphaned_since": None},
     }  # fmt: skip
     assert (stats.quarantined, stats.seen) == (1, 2)
 

@@ -1,11 +1,12 @@
 """The claimer/worker hand-off of :mod:`relay.delivery.claimer`, on a real SQLite store in a
 temporary directory, with a scripted sender in place of HTTP.
 
-What is pinned down here: parked workers receive claimed deliveries, never more than
-``max_in_flight`` are in flight, the held buffer never exceeds :func:`buffer_size`, leases cover
-every round a claimed delivery may wait, ``close`` returns idle workers while the busy one
-finishes, a cancelled send stays held (released at shutdown), and a 410 is written at once and
-hands the rest of the buffer back unsent.
+What is pinned down here: workers (started on demand by the scheduler) send every claimed
+delivery, never more than ``max_in_flight`` are in flight, the held buffer never exceeds
+:func:`buffer_size`, leases cover every round a claimed delivery may wait, no worker waits
+parked without work and ``close`` lets the busy one finish, a cancelled send stays held
+(released at shutdown), and a 410 is written at once and hands the rest of the buffer back
+unsent.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from relay.core.models import Attempt, CallRecord, Delivery, IngestBatch
 from relay.core.signing import webhook_id
 from relay.delivery.claimer import SubscriberDispatcher, buffer_size
 from relay.delivery.results import ResultWriter
+from relay.delivery.scheduler import DeliveryScheduler
 from relay.delivery.sender import AttemptOutcome
 from relay.store.sqlite.store import SqliteStore
 from tests.helpers import Sub, make_settings, new_secret, sqlite_rows, wait_until_async
@@ -88,7 +90,12 @@ class Rig:
     dispatcher: SubscriberDispatcher
     results: ResultWriter
     stop: asyncio.Event
-    workers: list[asyncio.Task[None]]
+    scheduler: DeliveryScheduler
+    running: asyncio.Task[None]
+
+    def workers(self) -> list[asyncio.Task[None]]:
+        """The dispatcher's send tasks alive right now (started on demand)."""
+        return [t for t in self.scheduler._tasks if t.get_name().startswith("send:")]
 
 
 @contextlib.asynccontextmanager
@@ -102,18 +109,18 @@ async def rig(
     results = ResultWriter(store)
     sub = settings.subscribers[0]
     dispatcher = SubscriberDispatcher(sub, settings.delivery, store, sender, results)  # type: ignore[arg-type]
+    scheduler = DeliveryScheduler({NAME: dispatcher}, store, grace=GENEROUS)
+    results.on_written = scheduler.wake
     stop, writer_stop = asyncio.Event(), asyncio.Event()
     writer = asyncio.create_task(results.run(writer_stop))
-    claimer = asyncio.create_task(dispatcher.claim_loop(stop))
-    workers = [asyncio.create_task(dispatcher.worker(stop)) for _ in range(sub.max_in_flight)]
+    running = asyncio.create_task(scheduler.run(stop))
     try:
-        yield Rig(store, sender, dispatcher, results, stop, workers)
+        yield Rig(store, sender, dispatcher, results, stop, scheduler, running)
     finally:
         stop.set()
-        dispatcher.close()
         if sender.hold is not None:
             sender.hold.set()
-        await asyncio.wait_for(asyncio.gather(claimer, *workers, return_exceptions=True), GENEROUS)
+        await asyncio.wait_for(asyncio.gather(running, return_exceptions=True), GENEROUS)
         writer_stop.set()
         await asyncio.wait_for(writer, GENEROUS)
         await store.close()
@@ -178,29 +185,27 @@ async def test_lease_covers_every_round_a_claimed_delivery_may_wait(tmp_path) ->
     assert before + needed <= lease_until <= after + needed
 
 
-async def test_close_returns_idle_workers_and_lets_the_busy_one_finish(tmp_path) -> None:
+async def test_no_parked_workers_and_close_lets_the_busy_one_finish(tmp_path) -> None:
     sender = ScriptedSender(hold=asyncio.Event())
     async with rig(tmp_path, sender, 1, max_in_flight=3) as r:
         await asyncio.wait_for(sender.started.wait(), GENEROUS)
-        r.stop.set()
-        r.dispatcher.close()
-        busy = [w for w in r.workers if not w.done()]
-        idle_done = await asyncio.wait_for(
-            asyncio.wait(r.workers, return_when=asyncio.FIRST_COMPLETED), GENEROUS
-        )
-        assert idle_done[0]  # the two parked workers returned without a delivery
-        assert sender.in_flight == 1
+        assert len(r.workers()) == 1  # one delivery, one worker: none parked waiting for work
+        r.stop.set()  # the scheduler closes the dispatcher and waits for the busy worker
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert not r.running.done() and sender.in_flight == 1
         sender.hold.set()  # type: ignore[union-attr]
-        await asyncio.wait_for(asyncio.gather(*busy), GENEROUS)
+        await asyncio.wait_for(r.running, GENEROUS)
         assert sender.sent == [0]
         assert r.dispatcher.unfinished() == []
+        assert r.workers() == []
 
 
 async def test_a_cancelled_send_stays_held_for_release_at_shutdown(tmp_path) -> None:
     sender = ScriptedSender(hold=asyncio.Event())
     async with rig(tmp_path, sender, 1, max_in_flight=1) as r:
         await asyncio.wait_for(sender.started.wait(), GENEROUS)
-        [worker] = r.workers
+        [worker] = r.workers()
         worker.cancel()
         with pytest.raises(asyncio.CancelledError):
             await worker

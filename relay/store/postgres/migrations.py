@@ -144,8 +144,22 @@ CREATE INDEX deliveries_dead_age ON deliveries (updated_at) WHERE state = 'dead'
 ALTER TABLE subscriber_state ADD COLUMN orphaned_at double precision
 """
 
+# Version 3: each subscriber's circuit breaker and 429 pause, and the head of each queue as one
+# index step (SQLite's version 5).
+SCHEMA_V3 = """
+CREATE TABLE subscriber_circuit (
+    subscriber     text PRIMARY KEY,
+    failures       integer NOT NULL,
+    failing_since  double precision,
+    opened_at      double precision,
+    paused_until   double precision,
+    updated_at     double precision NOT NULL
+);
+CREATE INDEX deliveries_queue ON deliveries (subscriber, id) WHERE state = 'pending'
+"""
+
 # MIGRATIONS[n] takes a schema from version n to n + 1. Append, never edit.
-MIGRATIONS: tuple[str, ...] = (SCHEMA_V1, SCHEMA_V2)
+MIGRATIONS: tuple[str, ...] = (SCHEMA_V1, SCHEMA_V2, SCHEMA_V3)
 
 VERSION_TABLE = "relay_schema"
 # A table of ours that a foreign schema is unlikely to have: present without VERSION_TABLE, the

@@ -49,6 +49,7 @@ from relay.store.postgres.connect import (
     parse_target,
     store_error,
 )
+from relay.store.postgres.pace import PaceMixin, add_circuits, forget_circuit
 from relay.store.postgres.shared import SharedStateMixin, notify_due
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ _STATE_AFTER = {
 }
 
 
-class PostgresStore(SharedStateMixin, Store):
+class PostgresStore(PaceMixin, SharedStateMixin, Store):
     """:class:`Store` on a PostgreSQL database shared by several relay instances.
 
     ``instance_id`` stamps this store's claims (see :meth:`register_instance`); by default a
@@ -287,6 +288,8 @@ class PostgresStore(SharedStateMixin, Store):
     ) -> None:
         async with self._tx("set subscriber state") as conn:
             await conn.execute(q.SUBSCRIBER_STATE, subscriber, reason, now)
+            if reason is None:
+                await forget_circuit(conn, subscriber)
             await conn.execute(q.NOTIFY, q.NOTIFY_CHANNEL, [f"subscriber:{subscriber}"])
 
     async def disabled_subscribers(self) -> dict[str, str]:
@@ -339,7 +342,8 @@ class PostgresStore(SharedStateMixin, Store):
             counts = await conn.fetch(q.STATE_COUNTS)
             states = await conn.fetch(q.SUBSCRIBER_STATES)
             totals = await conn.fetchrow(q.COUNTS)
-        result = StoreStats()
+            result = StoreStats()
+            await add_circuits(conn, result.subscribers)
         if totals is not None:
             result.quarantined, result.seen = totals
         for name, newest, last_sweep in cursors:

@@ -153,8 +153,23 @@ CREATE INDEX deliveries_dead_age ON deliveries (updated_at) WHERE state = 'dead'
 ALTER TABLE subscriber_state ADD COLUMN orphaned_at REAL
 """
 
+# Version 5, self-contained: each subscriber's circuit breaker and 429 pause survive a restart,
+# and the head of a queue (oldest pending delivery, for fifo ordering and an open circuit's
+# probe) is one index step instead of a sort of the whole backlog.
+SCHEMA_V5 = """
+CREATE TABLE subscriber_circuit (
+    subscriber     TEXT PRIMARY KEY,
+    failures       INTEGER NOT NULL,
+    failing_since  REAL,
+    opened_at      REAL,
+    paused_until   REAL,
+    updated_at     REAL NOT NULL
+);
+CREATE INDEX deliveries_queue ON deliveries (subscriber, id) WHERE state = 'pending'
+"""
+
 # MIGRATIONS[n] takes a file from ``PRAGMA user_version`` n to n + 1. Append, never edit.
-MIGRATIONS: tuple[str, ...] = (SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4)
+MIGRATIONS: tuple[str, ...] = (SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5)
 
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 CHUNK = 500  # ids per "IN (…)" list: far below SQLite's 32,766 host parameters
@@ -742,4 +757,12 @@ def _subscriber_stats(conn: sqlite3.Connection) -> dict[str, QueueCounts]:
     for name, reason, orphaned_at in conn.execute(sql):
         counts = subscribers.setdefault(name, QueueCounts())
         counts.disabled, counts.orphaned_since = reason, orphaned_at
+    columns = "subscriber, failures, failing_since, opened_at, paused_until"
+    for name, failures, since, opened_at, paused_until in conn.execute(
+        f"SELECT {columns} FROM subscriber_circuit"
+    ):
+        counts = subscribers.setdefault(name, QueueCounts())
+        counts.circuit = "closed" if opened_at is None else "open"
+        counts.failures, counts.failing_since = failures, since
+        counts.circuit_opened_at, counts.paused_until = opened_at, paused_until
     return subscribers

@@ -32,6 +32,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Concatenate, ParamSpec, TypeVar
 
+from relay.core.breaker import Circuit
 from relay.core.errors import StoreError, StoreFull, StoreLocked
 from relay.core.journey import Journey, RecentAttempt, RecordQuery, RecordSummary
 from relay.core.models import (
@@ -47,7 +48,7 @@ from relay.core.models import (
 from relay.core.status import StoreStats
 from relay.store.base import Store
 from relay.store.bodies import BodyCache
-from relay.store.sqlite import ledger, queries, retention
+from relay.store.sqlite import ledger, pace, queries, retention
 from relay.store.sqlite import sql as q
 from relay.store.sqlite.single import SingleOwnerMixin
 
@@ -227,6 +228,24 @@ class SqliteStore(SingleOwnerMixin, Store):
     async def next_due(self, subscriber: str) -> float | None:
         return await self._run("next due", q.next_due, subscriber)
 
+    async def claim_head(self, subscriber: str, now: float, lease: float) -> Delivery | None:
+        return await self._run("claim head", pace.claim_head, subscriber, now, lease, self._bodies)
+
+    async def head_due(self, subscriber: str) -> float | None:
+        return await self._run("head due", pace.head_due, subscriber)
+
+    async def due_times(self) -> dict[str, float]:
+        return await self._run("due times", pace.due_times)
+
+    async def requeue_retries(self, subscriber: str) -> int:
+        return await self._run("requeue retries", pace.requeue_retries, subscriber)
+
+    async def load_circuits(self) -> dict[str, Circuit]:
+        return await self._run("load circuits", pace.load_circuits)
+
+    async def save_circuit(self, subscriber: str, circuit: Circuit, now: float) -> None:
+        await self._run("save circuit", pace.save_circuit, subscriber, circuit, now)
+
     # -- operations ---------------------------------------------------------------------------
 
     async def set_account_status(
@@ -238,8 +257,7 @@ class SqliteStore(SingleOwnerMixin, Store):
     async def set_subscriber_disabled(
         self, subscriber: str, reason: str | None, now: float
     ) -> None:
-        params = (subscriber, reason, now)
-        await self._run("set subscriber state", q.execute, q.SQL_SUBSCRIBER_STATE, params)
+        await self._run("set subscriber state", pace.set_disabled, subscriber, reason, now)
 
     async def disabled_subscribers(self) -> dict[str, str]:
         return await self._run("list disabled subscribers", q.disabled_subscribers)

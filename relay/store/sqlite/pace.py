@@ -1,0 +1,127 @@
+"""The SQL of a subscriber's pace in the SQLite backend: the head of its queue, its saved
+circuit breaker and pause, and start-up due times (schema version 5, see ``sql.SCHEMA_V5``).
+
+Like :mod:`relay.store.sqlite.sql`, every function takes the connection first, runs one
+transaction, and is called only from the store's worker thread.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from relay.core.breaker import Circuit
+from relay.core.models import Delivery
+from relay.store.bodies import BodyCache
+from relay.store.sqlite import sql as q
+
+# The head: the oldest pending delivery in queue order, one step of 'deliveries_queue'.
+SQL_HEAD = """
+SELECT d.id, d.next_at, d.attempts, r.account, r.rid, r.id, r.received_at
+FROM deliveries AS d INDEXED BY deliveries_queue JOIN records AS r ON r.id = d.record_id
+WHERE d.subscriber = ? AND d.state = 'pending'
+ORDER BY d.id LIMIT 1
+"""
+
+SQL_LEASED = """
+SELECT 1 FROM deliveries
+WHERE subscriber = ? AND state = 'inflight' AND lease_until >= ? LIMIT 1
+"""
+
+# Each half walks a partial index already grouped by subscriber.
+SQL_DUE_TIMES = """
+SELECT subscriber, MIN(t) FROM (
+    SELECT subscriber, MIN(next_at) AS t FROM deliveries WHERE state = 'pending'
+    GROUP BY subscriber
+    UNION ALL
+    SELECT subscriber, MIN(lease_until) FROM deliveries WHERE state = 'inflight'
+    GROUP BY subscriber)
+WHERE subscriber NOT IN (
+    SELECT subscriber FROM subscriber_state WHERE disabled_reason NOTNULL)
+GROUP BY subscriber
+"""
+
+SQL_REQUEUE = """
+UPDATE deliveries
+SET next_at = (SELECT received_at FROM records WHERE records.id = deliveries.record_id)
+WHERE subscriber = ? AND state = 'pending' AND attempts > 0
+"""
+
+SQL_SAVE = """
+INSERT INTO subscriber_circuit
+    (subscriber, failures, failing_since, opened_at, paused_until, updated_at)
+VALUES (?, ?, ?, ?, ?, ?)
+ON CONFLICT (subscriber) DO UPDATE
+SET failures = excluded.failures, failing_since = excluded.failing_since,
+    opened_at = excluded.opened_at, paused_until = excluded.paused_until,
+    updated_at = excluded.updated_at
+"""
+
+
+def claim_head(
+    conn: sqlite3.Connection, subscriber: str, now: float, lease: float, cache: BodyCache
+) -> Delivery | None:
+    with q._transaction(conn):
+        if q._disabled_reason(conn, subscriber) is not None:
+            return None
+        if conn.execute(SQL_LEASED, (subscriber, now)).fetchone() is not None:
+            return None  # the one allowed out is still out
+        row = conn.execute(SQL_HEAD, (subscriber,)).fetchone()
+        if row is None or row[1] > now:
+            return None
+        delivery_id, _, attempts, account, rid, record_id, received_at = row
+        conn.execute(
+            "UPDATE deliveries SET state = 'inflight', lease_until = ? WHERE id = ?",
+            (now + lease, delivery_id),
+        )
+        # Shared with the other subscribers' claims of this record, as in sql.claim.
+        key = (record_id, rid, received_at)
+        body = cache.get(key)
+        if body is None:
+            body = cache.put(key, q._bodies(conn, [record_id])[record_id])
+    return Delivery(delivery_id, subscriber, account, rid, body, attempts)
+
+
+def head_due(conn: sqlite3.Connection, subscriber: str) -> float | None:
+    if q._disabled_reason(conn, subscriber) is not None:
+        return None
+    row = conn.execute(SQL_HEAD, (subscriber,)).fetchone()
+    return None if row is None else float(row[1])
+
+
+def due_times(conn: sqlite3.Connection) -> dict[str, float]:
+    return {name: float(t) for name, t in conn.execute(SQL_DUE_TIMES) if t is not None}
+
+
+def requeue_retries(conn: sqlite3.Connection, subscriber: str) -> int:
+    with q._transaction(conn):
+        return conn.execute(SQL_REQUEUE, (subscriber,)).rowcount
+
+
+def load_circuits(conn: sqlite3.Connection) -> dict[str, Circuit]:
+    sql = "SELECT subscriber, failures, failing_since, opened_at, paused_until FROM "
+    return {
+        name: Circuit(failures, since, opened_at, paused_until)
+        for name, failures, since, opened_at, paused_until in conn.execute(
+            sql + "subscriber_circuit"
+        )
+    }
+
+
+def save_circuit(conn: sqlite3.Connection, subscriber: str, circuit: Circuit, now: float) -> None:
+    with q._transaction(conn):
+        if circuit == Circuit():
+            conn.execute("DELETE FROM subscriber_circuit WHERE subscriber = ?", (subscriber,))
+            return
+        c = circuit
+        conn.execute(
+            SQL_SAVE,
+            (subscriber, c.failures, c.failing_since, c.opened_at, c.paused_until, now),
+        )
+
+
+def set_disabled(conn: sqlite3.Connection, subscriber: str, reason: str | None, now: float) -> None:
+    """Disable or re-enable; re-enabling also starts the circuit afresh, in the same commit."""
+    with q._transaction(conn):
+        conn.execute(q.SQL_SUBSCRIBER_STATE, (subscriber, reason, now))
+        if reason is None:
+            conn.execute("DELETE FROM subscriber_circuit WHERE subscriber = ?", (subscriber,))

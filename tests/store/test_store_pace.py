@@ -1,0 +1,110 @@
+"""The store's part of a subscriber's pace: the head of the queue, start-up due times, the
+requeue when a circuit closes, and saved circuits (every backend: ``store`` is parametrised)."""
+
+from __future__ import annotations
+
+from relay.core.breaker import Circuit
+from relay.core.models import Outcome
+from relay.store import Store
+from tests.store.builders import LEASE, NOW, T0, batch, result
+
+
+async def test_claim_head_takes_only_the_oldest_even_when_a_later_one_is_due(store: Store) -> None:
+    await store.ingest(batch([5, 3, 9], ("a",)))
+    first = await store.claim_head("a", T0, LEASE)
+    assert first is not None and first.rid == 5
+    await store.finish([result(first.id, Outcome.RETRY, status=500, next_at=T0 + 60)])
+    # rid 3 and 9 are due, but the head (rid 5) is not: nothing goes out before it.
+    assert await store.claim_head("a", T0 + 59, LEASE) is None
+    assert await store.head_due("a") == T0 + 60
+    again = await store.claim_head("a", T0 + 60, LEASE)
+    assert again is not None and (again.id, again.attempts) == (first.id, 1)
+    await store.finish([result(again.id, Outcome.DELIVERED)])
+    nxt = await store.claim_head("a", T0 + 60, LEASE)
+    assert nxt is not None and nxt.rid == 3
+
+
+async def test_claim_head_waits_while_another_delivery_is_leased(store: Store) -> None:
+    await store.ingest(batch([1, 2], ("a",)))
+    [d1] = await store.claim("a", 1, T0, LEASE)
+    assert await store.claim_head("a", T0, LEASE) is None  # one in flight at most
+    assert await store.claim_head("a", T0 + LEASE + 1, LEASE) is not None  # lease ran out
+    assert d1.rid == 1
+
+
+async def test_claim_head_skips_nothing_but_finished_and_respects_disable(store: Store) -> None:
+    assert await store.claim_head("a", T0, LEASE) is None
+    assert await store.head_due("a") is None
+    await store.ingest(batch([1, 2], ("a",)))
+    d1 = await store.claim_head("a", T0, LEASE)
+    assert d1 is not None
+    await store.finish([result(d1.id, Outcome.DEAD, status=400, error="HTTP 400")])
+    await store.set_subscriber_disabled("a", "410 Gone", NOW)
+    assert await store.claim_head("a", T0, LEASE) is None
+    assert await store.head_due("a") is None
+    await store.set_subscriber_disabled("a", None, NOW)
+    d2 = await store.claim_head("a", T0, LEASE)
+    assert d2 is not None and d2.rid == 2 and d2.body == b'{"rid":2}'
+
+
+async def test_due_times_per_subscriber_without_disabled_ones(store: Store) -> None:
+    assert await store.due_times() == {}
+    await store.ingest(batch([1, 2], ("a", "b", "c")))
+    await store.ingest(batch([3], ("a",), at=T0 - 5))
+    [d] = await store.claim("b", 1, T0, LEASE)
+    [d2] = await store.claim("b", 1, T0, LEASE)
+    await store.finish([result(d.id, Outcome.RETRY, status=500, next_at=T0 + 90)])
+    await store.set_subscriber_disabled("c", "410 Gone", NOW)
+    # b: one retry at T0 + 90, and one leased until T0 + LEASE.
+    assert await store.due_times() == {"a": T0 - 5, "b": min(T0 + 90, T0 + LEASE)}
+    assert d2.rid == 2
+
+
+async def test_requeue_retries_restores_queue_order(store: Store) -> None:
+    await store.ingest(batch([1, 2, 3, 4], ("a",)))
+    d1, d2 = await store.claim("a", 2, T0, LEASE)
+    await store.finish(
+        [
+            result(d1.id, Outcome.RETRY, status=500, next_at=T0 + 3600),
+            result(d2.id, Outcome.RETRY, status=500, next_at=T0 + 5),
+        ]
+    )
+    assert await store.next_due("a") == T0  # rids 3 and 4, then 2, then 1
+    assert await store.requeue_retries("a") == 2
+    order = await store.claim("a", 10, T0, LEASE)
+    assert [(d.rid, d.attempts) for d in order] == [(1, 1), (2, 1), (3, 0), (4, 0)]
+    assert await store.requeue_retries("nobody") == 0
+
+
+async def test_circuits_are_saved_reset_on_enable_and_shown_in_stats(
+    store_factory,
+) -> None:
+    s = store_factory()
+    await s.open()
+    try:
+        assert await s.load_circuits() == {}
+        opened = Circuit(failures=7, failing_since=T0, opened_at=T0 + 3, paused_until=None)
+        paused = Circuit(paused_until=T0 + 30)
+        await s.save_circuit("a", opened, NOW)
+        await s.save_circuit("b", paused, NOW)
+        await s.save_circuit("c", Circuit(failures=1, failing_since=T0), NOW)
+        await s.save_circuit("c", Circuit(), NOW)  # closed again: nothing left to keep
+    finally:
+        await s.close()
+    s = store_factory()  # survives a restart
+    await s.open()
+    try:
+        assert await s.load_circuits() == {"a": opened, "b": paused}
+        stats = (await s.stats()).subscribers
+        assert (stats["a"].circuit, stats["a"].failures, stats["a"].circuit_opened_at) == (
+            "open",
+            7,
+            T0 + 3,
+        )
+        assert (stats["b"].circuit, stats["b"].paused_until) == ("closed", T0 + 30)
+        await s.set_subscriber_disabled("a", "failing since …", NOW)
+        assert "a" in await s.load_circuits()  # disabling keeps the evidence
+        await s.set_subscriber_disabled("a", None, NOW)
+        assert await s.load_circuits() == {"b": paused}
+    finally:
+        await s.close()
