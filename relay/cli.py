@@ -279,6 +279,7 @@ def _offline(settings: Settings, args: argparse.Namespace) -> int:
             f"state {mask_credentials(settings.state)}: {mask_credentials(str(exc))}",
             file=sys.stderr,
         )
+        return EXIT_FAILURE
     except RelayError as exc:
         print(f"relay {args.command}: {mask_credentials(str(exc))}", file=sys.stderr)
         return EXIT_FAILURE

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import uuid
 from collections.abc import AsyncIterator, Callable
 
 import asyncpg
@@ -17,7 +18,7 @@ from relay.store.postgres import PostgresStore, migrations
 from relay.store.postgres import sql as pg_sql
 from tests.helpers import GENEROUS, wait_until_async
 from tests.store.builders import LEASE, NOW, T0, batch, opened, result
-from tests.store.conftest import PG_DSN, pg_execute
+from tests.store.conftest import PG_DSN, pg_execute, schema_url
 
 
 @pytest.fixture
@@ -247,6 +248,33 @@ async def test_listen_wakes_on_ingest_replay_and_subscriber_changes(
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+async def test_relays_on_other_schemas_hear_nothing_of_each_other(
+    stores: Callable[[str], PostgresStore],
+) -> None:
+    """Two relays sharing one server, each in its own schema: wake-ups stay in their schema."""
+    mine = stores("one")
+    await mine.open()
+    schema = f"relay_test_{uuid.uuid4().hex[:12]}"
+    other = PostgresStore(schema_url(schema), instance_id="other")
+    await other.open()
+    heard: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+    task = asyncio.create_task(
+        other.listen(lambda kind, subject: heard.put_nowait((kind, subject)))
+    )
+    try:
+        assert await asyncio.wait_for(heard.get(), GENEROUS) == ("listening", "")
+        await mine.ingest(batch([1], ("theirs",)))
+        await mine.notify("config", "reload:mine")
+        await other.notify("config", "reload:other")  # sent after mine: arrives after it
+        assert await asyncio.wait_for(heard.get(), GENEROUS) == ("config", "reload:other")
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await other.close()
+        await pg_execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
 # -- failures -------------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ async def notify_due(conn: Conn, subscribers: Collection[str]) -> None:
     payloads = [f"due:{name}" for name in subscribers]
     payloads = [p for p in payloads if len(p.encode()) <= _MAX_PAYLOAD]
     if payloads:
-        await conn.execute(q.NOTIFY, q.NOTIFY_CHANNEL, payloads)
+        await conn.execute(q.NOTIFY, payloads)
 
 
 class SharedStateMixin:
@@ -151,7 +151,7 @@ class SharedStateMixin:
 
     async def notify(self, kind: str, subject: str) -> None:
         async with self._conn("notify") as conn:
-            await conn.execute(q.NOTIFY, q.NOTIFY_CHANNEL, [f"{kind}:{subject}"])
+            await conn.execute(q.NOTIFY, [f"{kind}:{subject}"])
 
     async def listen(self, callback: Wakeup) -> None:
         backoff = 0.5
@@ -181,7 +181,8 @@ class SharedStateMixin:
         conn = await asyncpg.connect(**self.target.connect_args())
         try:
             conn.add_termination_listener(lambda _c: lost.set())
-            await conn.add_listener(q.NOTIFY_CHANNEL, on_notify)
+            channel = await conn.fetchval(q.LISTEN_CHANNEL)
+            await conn.add_listener(channel, on_notify)
             callback("listening", "")  # anything sent while we were away: look again now
             while not lost.is_set():
                 with contextlib.suppress(TimeoutError):

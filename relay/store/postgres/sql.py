@@ -8,7 +8,6 @@ backends and their tests see the same clock.
 
 from __future__ import annotations
 
-NOTIFY_CHANNEL = "relay_wakeup"
 GONE_REASON = "410 Gone"
 PRUNE_CHUNK = 2000  # records examined per prune transaction: short locks, bounded WAL per step
 PRUNE_SEEN_CHUNK = 5000  # seen rows deleted per transaction
@@ -84,7 +83,11 @@ WITH doomed AS (
 DELETE FROM seen USING doomed WHERE seen.account = $1 AND seen.rid = doomed.rid
 """
 
-NOTIFY = "SELECT pg_notify($1, payload) FROM unnest($2::text[]) AS p(payload)"
+# The channel is the schema's own (relays on other schemas of one server hear nothing of it):
+# named from a digest of the schema, so it is a short identifier whatever the schema's name.
+CHANNEL = "'relay_wakeup_' || left(md5(current_schema()), 16)"
+NOTIFY = f"SELECT pg_notify({CHANNEL}, payload) FROM unnest($1::text[]) AS p(payload)"
+LISTEN_CHANNEL = f"SELECT {CHANNEL}"
 
 # -- delivery -------------------------------------------------------------------------------------
 

@@ -290,7 +290,7 @@ class PostgresStore(PaceMixin, SharedStateMixin, Store):
             await conn.execute(q.SUBSCRIBER_STATE, subscriber, reason, now)
             if reason is None:
                 await forget_circuit(conn, subscriber)
-            await conn.execute(q.NOTIFY, q.NOTIFY_CHANNEL, [f"subscriber:{subscriber}"])
+            await conn.execute(q.NOTIFY, [f"subscriber:{subscriber}"])
 
     async def disabled_subscribers(self) -> dict[str, str]:
         async with self._conn("list disabled subscribers") as conn:
