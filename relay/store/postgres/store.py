@@ -50,6 +50,7 @@ from relay.store.postgres.connect import (
     store_error,
 )
 from relay.store.postgres.pace import PaceMixin, add_circuits, forget_circuit
+from relay.store.postgres.queries import OperatorQueriesMixin
 from relay.store.postgres.shared import SharedStateMixin, notify_due
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ _STATE_AFTER = {
 }
 
 
-class PostgresStore(PaceMixin, SharedStateMixin, Store):
+class PostgresStore(PaceMixin, SharedStateMixin, OperatorQueriesMixin, Store):
     """:class:`Store` on a PostgreSQL database shared by several relay instances.
 
     ``instance_id`` stamps this store's claims (see :meth:`register_instance`); by default a
