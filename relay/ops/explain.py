@@ -1,8 +1,8 @@
 """``relay check-config --explain``: which of the last stored records each subscriber's filter
 passes, so a filter can be tried on real calls before it decides real deliveries.
 
-It reads the state through the ordinary store (the relay must be stopped: the state has one
-owner at a time) and changes nothing in it.
+It reads the state through a read-only reader (:func:`relay.runtime.stores.open_reader`: for
+SQLite a lock-free snapshot), so it works while the relay runs, and changes nothing.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from relay.config.schema import Settings, SubscriberSettings
 from relay.core.callview import call_view
 from relay.core.models import StoredRecord
 from relay.ops.sendtest import printable
-from relay.store.base import Store
+from relay.store.base import StoreReader
 
 
-async def explain(settings: Settings, store: Store, last: int) -> list[str]:
+async def explain(settings: Settings, store: StoreReader, last: int) -> list[str]:
     """The lines to print: one per record (newest first), a verdict per subscriber, then a
     summary per subscriber."""
     records = await store.recent_records(last)

@@ -83,6 +83,11 @@ class StoreReader(abc.ABC):
         """The subscriber delivery ``delivery_id`` belongs to (None: no such delivery)."""
         raise StoreError(f"{type(self).__name__} cannot look up deliveries yet")
 
+    async def recent_records(self, limit: int) -> list[StoredRecord]:
+        """The ``limit`` records stored last, newest first, whatever their deliveries (for
+        ``relay check-config --explain``). Not abstract: a backend without it says so."""
+        raise StoreError("this state backend cannot list stored records")
+
     async def backup(self, target: str) -> None:
         """Write a consistent copy of the whole state to ``target`` while the relay runs."""
         raise StoreError(f"{type(self).__name__} cannot back up; use the database's own tools")
@@ -371,11 +376,6 @@ class Store(StoreReader):
     async def notify(self, kind: str, subject: str) -> None:
         """Send a wake-up to every listening instance (config changes, operator actions); a
         no-op on single-owner backends. ``kind`` must not contain ``:``."""
-
-    async def recent_records(self, limit: int) -> list[StoredRecord]:
-        """The ``limit`` records stored last, newest first, whatever their deliveries (for
-        ``relay check-config --explain``). Not abstract: a backend without it says so."""
-        raise StoreError("this state backend cannot list stored records")
 
     async def redeliver(self, delivery_id: int, now: float) -> bool:
         """Queue a delivered or dead delivery again (due ``now``, a fresh retry schedule; its

@@ -16,7 +16,8 @@ from standardwebhooks.webhooks import Webhook
 
 from relay.sim.chat_receivers import SlackLike
 from relay.sim.receiver import Reply
-from tests.helpers import KEY_A, Sub, ago, make_settings, new_secret, running
+from tests.helpers import KEY_A, ago, new_secret
+from tests.opsrelay import ops_relay, subscriber
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,7 +32,7 @@ def relay_cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-async def relay_cli_async(*args: str) -> tuple[int, str, str]:
+async def relay_cli_async(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
     """The CLI as a child process while this test's event loop keeps serving receivers."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -39,6 +40,7 @@ async def relay_cli_async(*args: str) -> tuple[int, str, str]:
         "relay",
         *args,
         cwd=ROOT,
+        env=env,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -122,28 +124,24 @@ async def test_explain_shows_which_stored_records_each_filter_passes(
 ) -> None:
     rx, url = await receiver_factory()
     missed = {"direction": "INCOMING", "disposition": {"$ne": "ANSWERED"}}
+    relay = ops_relay(tmp_path, sim.url, [subscriber("all", url),
+                                          subscriber("missed", url, filter=missed)])  # fmt: skip
+    config = str(relay.config)
+    relay.write()
+    code, out, err = await relay_cli_async("check-config", "--config", config, "--explain",
+                                           env=relay.env)  # fmt: skip
+    assert code == 1 and "no state file" in err  # nothing stored yet: says so, creates nothing
+    assert not relay.state.exists()
     made = [
         sim.add_record(KEY_A, started_at=ago(50), direction="INCOMING", disposition="BUSY"),
         sim.add_record(KEY_A, started_at=ago(40), direction="INCOMING", disposition="ANSWERED"),
         sim.add_record(KEY_A, started_at=ago(30), direction="OUTGOING", disposition="ANSWERED"),
     ]
-    subs = [Sub("all", url, new_secret()), Sub("missed", url, new_secret(), {"filter": missed})]
-    settings = make_settings(tmp_path, sim.url, subs)
-    config = write_config(
-        tmp_path,
-        [
-            {"name": "all", "url": url, "secret": subs[0].secret},
-            {"name": "missed", "url": url, "secret": subs[1].secret, "filter": missed},
-        ],
-        base_url=sim.url,
-    )
-    async with running(settings):
-        await rx.wait_count(4, timeout=60)  # 3 to "all", 1 to "missed"
-        # While the relay owns the state, --explain says so instead of waiting or failing oddly.
-        code, out, err = await relay_cli_async("check-config", "--config", str(config), "--explain")
-        assert code == 1 and "in use by a running relay" in err
+    await relay.start()
+    await rx.wait_count(4, timeout=60)  # 3 to "all", 1 to "missed"
+    # While `relay run` owns the state, --explain reads a lock-free snapshot of it.
     code, out, err = await relay_cli_async(
-        "check-config", "--config", str(config), "--explain", "--last", "2"
+        "check-config", "--config", config, "--explain", "--last", "2", env=relay.env
     )
     assert code == 0, err
     lines = out.splitlines()
@@ -154,5 +152,10 @@ async def test_explain_shows_which_stored_records_each_filter_passes(
     assert rows[newest[0]][-2:] == ["yes", "no"]  # outgoing: not a missed call
     assert rows[newest[1]][-2:] == ["yes", "no"]  # answered
     assert "missed: 0 of 2 pass (filter " in out and "all: 2 of 2 pass (no filter)" in out
-    code, out, _ = await relay_cli_async("check-config", "--config", str(config), "--explain")
+    code, out, _ = await relay_cli_async("check-config", "--config", config, "--explain",
+                                         env=relay.env)  # fmt: skip
     assert "missed: 1 of 3 pass" in out
+    # The relay kept running and owning its state throughout.
+    sim.add_record(KEY_A, started_at=ago(20), direction="INCOMING", disposition="NO ANSWER")
+    await rx.wait_count(6, timeout=60)
+    await relay.stop()

@@ -18,7 +18,7 @@ from typing import Concatenate, ParamSpec, TypeVar
 
 from relay.core.errors import StoreError
 from relay.core.journey import Journey, RecentAttempt, RecordQuery, RecordSummary
-from relay.core.models import DeadLetter
+from relay.core.models import DeadLetter, StoredRecord
 from relay.core.status import StoreStats
 from relay.store.base import StoreReader
 from relay.store.sqlite import queries
@@ -105,6 +105,9 @@ class SqliteSnapshotReader(StoreReader):
 
     async def delivery_subscriber(self, delivery_id: int) -> str | None:
         return await self._run("find delivery", queries.delivery_subscriber, delivery_id)
+
+    async def recent_records(self, limit: int) -> list[StoredRecord]:
+        return await self._run("list records", q.recent_records, limit)
 
     async def backup(self, target: str) -> None:
         # The online backup only reads the source: it needs neither the owner's lock nor write
