@@ -394,6 +394,16 @@ class DeliverySettings(_Section):
     batch_size: int = Field(default=256, ge=1, le=10000)
 
 
+class SignInLimitSettings(_Section):
+    """How many failed dashboard sign-ins are allowed (``relay/ops/signin.py``): ``failures`` in
+    a row per client address, then one more per ``every``; likewise from everyone at once."""
+
+    failures: int = Field(default=5, ge=1, le=1000)
+    every: PositiveDuration = 12.0
+    global_failures: int = Field(default=20, ge=1, le=100_000)
+    global_every: PositiveDuration = 3.0
+
+
 class AdminSettings(_Section):
     """The optional admin/health HTTP surface."""
 
@@ -404,6 +414,7 @@ class AdminSettings(_Section):
     allowed_hosts: list[Name] = Field(default_factory=list)
     max_connections: int = Field(default=64, ge=1, le=10000)
     idle_timeout: PositiveDuration = 15.0  # a connection with no complete request is closed
+    sign_in_limit: SignInLimitSettings = Field(default_factory=SignInLimitSettings)
 
     @model_validator(mode="after")
     def _token_unless_loopback(self) -> AdminSettings:

@@ -4,12 +4,14 @@ step, no CDN), plus the sign-in that turns the admin token into a session.
 Signing in posts the token once; the answer sets an ``HttpOnly; SameSite=Strict`` session cookie
 (scripts cannot read it, other sites cannot send it) and returns a CSRF token the page sends as
 ``X-CSRF-Token`` on every state-changing request. Sessions live in memory: a restart signs
-everyone out, which is fine for an operator tool.
+everyone out, which is fine for an operator tool. Failed sign-ins are limited per client address
+and overall (:mod:`relay.ops.signin`): 429 with ``Retry-After``.
 """
 
 from __future__ import annotations
 
 import importlib.resources
+import logging
 import secrets
 import time
 from collections import OrderedDict
@@ -19,6 +21,9 @@ from aiohttp import web
 
 from relay.config.schema import AdminSettings
 from relay.ops import guard
+from relay.ops.signin import SignInLimiter
+
+log = logging.getLogger(__name__)
 
 COOKIE = "relay_session"
 SESSION_TTL = 12 * 3600.0
@@ -59,6 +64,11 @@ class Dashboard:
     def __init__(self, settings: AdminSettings) -> None:
         self._settings = settings
         self._sessions: OrderedDict[str, Session] = OrderedDict()
+        limit = settings.sign_in_limit
+        self.limiter = SignInLimiter(
+            per_address=(limit.failures, limit.every),
+            overall=(limit.global_failures, limit.global_every),
+        )
 
     def routes(self) -> list[tuple[str, str, guard.Handler]]:
         """(method, path, handler) for the admin app."""
@@ -111,12 +121,23 @@ class Dashboard:
         return self._settings.token is not None
 
     async def _sign_in(self, request: web.Request) -> web.Response:
+        token = self._settings.token
+        address = request.remote or "unknown"
+        if token is not None:
+            # Before the body is read or the token compared: a limited client learns nothing.
+            wait = self.limiter.retry_after(address)
+            if wait > 0:
+                response = guard.error(f"too many failed sign-ins; try again in {wait} s", 429)
+                response.headers["Retry-After"] = str(wait)
+                return response
         doc = await guard.read_json_object(request)
         sent = doc.get("token")
-        token = self._settings.token
         if token is not None and not (
             isinstance(sent, str) and guard.same_secret(sent, token.get_secret_value())
         ):
+            if self.limiter.failed(address):
+                log.warning("dashboard sign-in limited after failed attempts",
+                            extra={"client": address})  # fmt: skip
             return guard.error("wrong admin token", 401)
         sid, session = secrets.token_urlsafe(32), Session(secrets.token_urlsafe(32), 0.0)
         session.expires = time.time() + SESSION_TTL
