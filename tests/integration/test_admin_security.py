@@ -55,7 +55,11 @@ async def dead_relay(sim, receiver_factory, tmp_path, **admin: Any):
     for _ in range(3):
         sim.add_record(KEY_A, started_at=stamp)
     settings = make_settings(
-        tmp_path, sim.url, [Sub("crm", url, new_secret(), {"retry": ["20ms"]})]
+        tmp_path,
+        sim.url,
+        # The circuit stays closed: six failures in a row would open it and hold the third
+        # record back for the breaker's probe interval.
+        [Sub("crm", url, new_secret(), {"retry": ["20ms"], "circuit": {"open_after": 1000}})],
     )
     return rx, with_admin(settings, **admin)
 
