@@ -45,6 +45,7 @@ from pydantic_settings import (
 )
 
 from relay.config import payload
+from relay.config.cluster import ClusterSettings
 from relay.config.durations import Duration, PositiveDuration, format_duration
 from relay.config.file import Loc, expand_env_refs, read_yaml, render_loc
 from relay.config.pace import (
@@ -507,6 +508,7 @@ class Settings(BaseSettings):
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
     admin: AdminSettings = Field(default_factory=AdminSettings)
     log: LogSettings = Field(default_factory=LogSettings)
+    cluster: ClusterSettings = Field(default_factory=ClusterSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -22,6 +22,7 @@ is sent (see :mod:`relay.core.breaker` and :mod:`relay.delivery.pacing`):
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 import time
@@ -97,6 +98,7 @@ class SubscriberDispatcher:
         sender: Sender,
         results: ResultWriter,
         clock: Callable[[], float] = time.time,
+        lease: float | None = None,
     ) -> None:
         self.sub = subscriber
         self.name = subscriber.name
@@ -120,8 +122,12 @@ class SubscriberDispatcher:
         self._lease = subscriber.timeout * rounds + delivery.lease_margin
         if self.pace is not None:
             self._lease += self.pace.drain_time(capacity)
+        if lease is not None:
+            # A shared store: short leases, renewed while held (see held_claims and forget).
+            self._lease = lease
         self._ready: deque[Delivery] = deque()  # claimed, waiting for a worker
-        self._held: set[int] = set()  # claimed and not yet finished (queued or in flight)
+        # Claimed and not yet finished (queued or in flight), by id, as claimed (with the token).
+        self._held: dict[int, Delivery] = {}
         self._head: int | None = None  # in head mode, the one delivery that may be sent
         self._workers = 0
         self._closed = False
@@ -246,10 +252,21 @@ class SubscriberDispatcher:
             self.disabled = False
             self.breaker.reset()
         for d in claimed:
-            if d.id not in self._held:
-                self._held.add(d.id)
-                self._ready.append(d)
+            self._hold(d)
         self._start_workers()
+
+    def _hold(self, d: Delivery) -> None:
+        old = self._held.get(d.id)
+        if old is not None and old.token == d.token:
+            return  # single owner (no tokens): the claim we hold, renewed
+        self._held[d.id] = d
+        if old is not None and old in self._ready:
+            # Our own lease on it ran out and we claimed it again: only the new token counts.
+            self._ready[self._ready.index(old)] = d
+        else:
+            # New, or in flight under the old token (whose result will not apply): send it
+            # (again: the same webhook-id, at-least-once).
+            self._ready.append(d)
 
     def _start_workers(self) -> None:
         limit = 1 if self.head_mode else self.sub.max_in_flight
@@ -261,26 +278,27 @@ class SubscriberDispatcher:
     async def _give_back_ready(self) -> None:
         if not self._ready:
             return
-        ids = [d.id for d in self._ready]
+        claims = list(self._ready)
         self._ready.clear()
         try:
-            await self._store.release(ids)
+            await self._store.release_claims(claims)
         except StoreError as exc:
             # Still leased in the store: their lease expiry makes them due again.
             log.warning("cannot release deliveries: %s", exc, extra={"subscriber": self.name})
         finally:
-            self._held.difference_update(ids)
+            for d in claims:
+                self._drop(d)
             self._space.set()
 
     async def _give_back(self, delivery: Delivery) -> None:
         """Hand one claimed delivery back untouched: no attempt was made."""
         try:
-            await self._store.release([delivery.id])
+            await self._store.release_claims([delivery])
         except StoreError as exc:
             # Still leased in the store: its lease expiry makes it due again.
             log.warning("cannot release a delivery: %s", exc, extra={"subscriber": self.name})
         finally:
-            self._held.discard(delivery.id)
+            self._drop(delivery)
             if delivery.id == self._head:
                 self._head = None
             self._space.set()
@@ -294,6 +312,29 @@ class SubscriberDispatcher:
     def unfinished(self) -> list[int]:
         """Ids claimed but not finished: released at shutdown so they go out after restart."""
         return sorted(self._held)
+
+    def held_claims(self) -> list[Delivery]:
+        """The claims held (queued or in flight), with their tokens: renewed while held on a
+        shared store, and released (fenced) at shutdown."""
+        return list(self._held.values())
+
+    def forget(self, lost: list[Delivery]) -> None:
+        """Drop claims the store says are no longer ours (their lease ran out and another
+        instance took them, or this one was declared dead): the queued ones are not sent; an
+        attempt in flight finishes, and its fenced result only adds to the attempt log."""
+        gone = {(d.id, d.token) for d in lost}
+        for d in lost:
+            self._drop(d)
+            if d.id == self._head:
+                self._head = None
+        if gone:
+            self._ready = deque(d for d in self._ready if (d.id, d.token) not in gone)
+            self._space.set()
+
+    def _drop(self, delivery: Delivery) -> None:
+        # Only this claim: the same id claimed again since (a new token) stays held.
+        if self._held.get(delivery.id) is delivery:
+            del self._held[delivery.id]
 
     # -- workers ------------------------------------------------------------------------------
 
@@ -342,6 +383,8 @@ class SubscriberDispatcher:
             return
         try:
             finished, change = self._decide(delivery, outcome)
+            # Fenced with the claim's token: a result from a claim since lost changes nothing.
+            finished = dataclasses.replace(finished, token=delivery.token)
             if finished.outcome is Outcome.GONE or head:
                 await self._finish_now(finished)
             elif finished.outcome is Outcome.RETRY:
@@ -352,9 +395,9 @@ class SubscriberDispatcher:
             raise  # stays held: released at shutdown, due again after restart
         except BaseException:
             # A bug, not a receiver fault: forget the claim so its lease expiry brings it back.
-            self._held.discard(delivery.id)
+            self._drop(delivery)
             raise
-        self._held.discard(delivery.id)
+        self._drop(delivery)
         if delivery.id == self._head:
             self._head = None
         self._space.set()

@@ -14,13 +14,17 @@ Accounts that share a key share one :class:`KeyBudget`. Two layers keep the boun
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 
 from aiolimiter import AsyncLimiter
 
 from relay.core.budget import MAX_PAUSE, bucket_params, default_burst
+from relay.core.errors import StoreError
 from relay.store.base import Store
+
+log = logging.getLogger(__name__)
 
 # The shortest sleep on a wait the store asks for: the store counts on the wall clock and we
 # sleep on the loop's, so a wait can come back a hair short; this keeps that from spinning.
@@ -107,6 +111,19 @@ class KeyBudget:
             return
         until = asyncio.get_running_loop().time() + min(seconds, MAX_PAUSE)
         self._paused_until = max(self._paused_until, until)
+
+    async def pause_shared(self, seconds: float) -> None:
+        """:meth:`pause`, and the same pause kept in the store: every instance on a shared
+        store honours it, and so does this one after a restart. A store that refuses only
+        loses the durable half (logged); the local pause stands."""
+        self.pause(seconds)
+        if self._store is None or not seconds > 0:
+            return
+        until = self._clock() + min(seconds, MAX_PAUSE)
+        try:
+            await self._store.pause_budget(self._key_id, until)
+        except StoreError as exc:
+            log.warning("cannot record the 429 pause in the state store: %s", exc)
 
     def paused_for(self) -> float:
         """Seconds until the current pause ends (0 when not paused)."""

@@ -57,6 +57,7 @@ from relay.core.window import (
 )
 from relay.ingest.body import NON_FINITE, FetchResult, StreamAbandoned, StreamedBody
 from relay.ingest.budget import KeyBudget
+from relay.ingest.lease import AccountLease, LeaseLost
 from relay.ingest.routing import Router
 from relay.ingest.upstream import Credentials, WebFonesClient
 from relay.store.base import Store
@@ -120,6 +121,7 @@ class AccountPoller:
         budget: KeyBudget,
         notify: Callable[[list[str]], None],
         clock: Callable[[], float] = time.time,
+        lease: AccountLease | None = None,
     ) -> None:
         up = settings.upstream
         self.name = account.name
@@ -148,6 +150,8 @@ class AccountPoller:
         self._quarantined: OrderedDict[bytes, None] = OrderedDict()
         self._status: tuple[str, str | None] | None = None
         self.polls = 0  # successful polls, for status and tests
+        # On a shared store, only the holder of this lease polls the account (None: always us).
+        self.lease = lease
         # What the operator surfaces show (see relay.core.status); request times are kept for
         # the "spent in the current window" figure, at most one budget's worth of them.
         self.stats = RuntimeAccount(
@@ -169,12 +173,21 @@ class AccountPoller:
             await self._run(stop)
         finally:
             self.stats.enter("stopped", self._clock())
+            if self.lease is not None:
+                # Shielded: a second Ctrl-C must not keep the next instance waiting a full ttl.
+                await asyncio.shield(self.lease.release())
 
     async def _run(self, stop: asyncio.Event) -> None:
-        await self.load()
+        if self.lease is None:
+            await self.load()
         failures = 0
         while not stop.is_set():
             delay = self._settings.upstream.poll_interval
+            if self.lease is not None and not await self.lease.turn(self.load):
+                # Another instance polls this account; ask again soon, so that when it dies
+                # we take over within the lease's ttl plus this.
+                await wait_or_stop(stop, self.lease.retry_every)
+                continue
             try:
                 # A stop during a long budget wait or a slow fetch abandons the poll; an ingest
                 # that already started still commits or rolls back as a whole in the store.
@@ -195,7 +208,7 @@ class AccountPoller:
                 delay = AUTH_RETRY
             except UpstreamRateLimited as exc:
                 pause = exc.retry_after if exc.retry_after is not None else RATE_LIMIT_PAUSE
-                self._budget.pause(pause)
+                await self._budget.pause_shared(pause)
                 log.warning(
                     "rate limited by WebFones (%s); pausing this API key for %.3gs",
                     "Retry-After" if exc.retry_after is not None else "no Retry-After",
@@ -223,6 +236,8 @@ class AccountPoller:
                 )
                 self.stats.count("backing_off", str(exc))
                 await self._set_status("backing_off", str(exc))
+            except LeaseLost:
+                continue  # nothing sent; the next turn finds out who polls now
             except StoreFull:
                 failures += 1
                 delay = upstream_backoff(failures, base=1.0, cap=60.0, jitter=random.random())
@@ -259,6 +274,8 @@ class AccountPoller:
         )
         self.stats.enter("budget", now)
         await self._budget.acquire()
+        if self.lease is not None:
+            await self.lease.before_request()
         self._requests.append(self._clock())
         self.stats.enter("polling", self._clock())
         response = await self._client.fetch(self._credentials, plan.since)

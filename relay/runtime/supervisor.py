@@ -63,6 +63,7 @@ class Supervisor:
         self.pollers = pipeline.pollers
         self.dispatchers = pipeline.dispatchers
         self.results = pipeline.results
+        self.cluster = pipeline.cluster
         self._clock = clock
         self._loader = loader  # re-reads the config file (raises ConfigError)
         self._watch = watch  # the config file to watch for changes, if any
@@ -115,10 +116,19 @@ class Supervisor:
     async def run(self, stop: asyncio.Event) -> None:
         """Run everything until ``stop`` is set, then shut down in two phases."""
         writer_stop = asyncio.Event()
+        # Heartbeat and claim renewal outlive the drain: deliveries in flight keep their leases.
+        late_stop = asyncio.Event()
         self._stop = stop
+        if self.cluster is not None:
+            await self.cluster.join()
         async with asyncio.TaskGroup() as tg:
             self._tg = tg
             writer = tg.create_task(self.results.run(writer_stop), name="result-writer")
+            if self.cluster is not None:
+                for name, loop_fn in self.cluster.early_loops():
+                    self._spawn(tg, name, stop, loop_fn)
+                for name, loop_fn in self.cluster.late_loops():
+                    self._spawn(tg, name, late_stop, loop_fn)
             for poller in self.pollers:
                 self._start_poller(poller)
             # One task for every subscriber: dispatchers run on demand, not on timers.
@@ -143,6 +153,9 @@ class Supervisor:
             writer_stop.set()
             await writer
             await self._release(self.dispatchers.values())
+            late_stop.set()
+        if self.cluster is not None:
+            await self.cluster.leave()
         log.info("stopped")
 
     def _start_poller(self, poller: AccountPoller) -> None:
@@ -182,14 +195,15 @@ class Supervisor:
                 await wait_or_stop(stop, RESTART_DELAY)
 
     async def _release(self, dispatchers: Any) -> None:
-        ids = [i for d in dispatchers for i in d.unfinished()]
-        if not ids:
+        claims = [c for d in dispatchers for c in d.held_claims()]
+        if not claims:
             return
         try:
-            # Shielded: this final write must not be lost to a second Ctrl-C.
-            await asyncio.shield(self.store.release(ids))
+            # Shielded: this final write must not be lost to a second Ctrl-C. Fenced: a claim
+            # another instance has taken since ours ran out is not handed back.
+            await asyncio.shield(self.store.release_claims(claims))
         except StoreError as exc:
-            log.error("could not release %d claimed deliveries: %s", len(ids), exc)
+            log.error("could not release %d claimed deliveries: %s", len(claims), exc)
 
     # -- reload ---------------------------------------------------------------------------------
 
@@ -201,7 +215,9 @@ class Supervisor:
                 await self._release([d])
         if plan.new_client:
             assert self.pipeline.upstream_session is not None
-            self.pipeline.client = make_client(new, self.pipeline.upstream_session)
+            self.pipeline.client = make_client(
+                new, self.pipeline.upstream_session, self.pipeline.instance
+            )
         for name in plan.stop_accounts:
             await self._stop_unit(f"poll:{name}")
             self.pollers[:] = [p for p in self.pollers if p.name != name]

@@ -23,8 +23,10 @@ from relay.delivery.results import ResultWriter
 from relay.delivery.scheduler import DeliveryScheduler
 from relay.delivery.sender import Sender
 from relay.ingest.budget import KeyBudget
+from relay.ingest.lease import AccountLease
 from relay.ingest.poller import AccountPoller
 from relay.ingest.upstream import WebFonesClient
+from relay.runtime.cluster import Cluster, new_instance_id
 from relay.store.base import Store
 
 
@@ -43,6 +45,9 @@ class Pipeline:
     client: WebFonesClient | None = None
     budgets: dict[str, KeyBudget] = field(default_factory=dict)
     clock: Callable[[], float] = time.time
+    # This process among the instances sharing the store (see relay.runtime.cluster).
+    instance: str = ""
+    cluster: Cluster | None = None
 
     def notify(self, subscribers: list[str]) -> None:
         """Wake the named subscribers' claimers: new deliveries were just committed."""
@@ -74,8 +79,14 @@ def build_pipeline(
     upstream_session: aiohttp.ClientSession,
     delivery_client: Http1Client,
     clock: Callable[[], float] = time.time,
+    instance_id: str | None = None,
 ) -> Pipeline:
-    """Build every part from ``settings``; the sessions and the store are handed in, not built."""
+    """Build every part from ``settings``; the sessions and the store are handed in, not built.
+
+    ``instance_id`` names this process among the instances sharing the store (default: a
+    fresh one). On a shared store each poller holds its account's lease to poll, and claims
+    are leased for ``cluster.lease_ttl`` and renewed while held.
+    """
     results = ResultWriter(store)
     dispatchers: dict[str, SubscriberDispatcher] = {}
     # One scheduler runs every subscriber's deliveries on demand; it wakes a subscriber when
@@ -87,19 +98,35 @@ def build_pipeline(
     pipeline = Pipeline(store, [], dispatchers, results, scheduler)
     pipeline.upstream_session, pipeline.delivery_client = upstream_session, delivery_client
     pipeline.clock = clock
-    pipeline.client = make_client(settings, upstream_session)
+    pipeline.instance = instance_id or new_instance_id()
+    pipeline.client = make_client(settings, upstream_session, pipeline.instance)
     for sub in settings.subscribers:
         if sub.enabled:
             scheduler.add(make_dispatcher(pipeline, sub, settings))
     pipeline.pollers = [make_poller(pipeline, a, settings) for a in settings.upstream.accounts]
+    pipeline.cluster = Cluster(
+        store,
+        settings.cluster,
+        pipeline.instance,
+        dispatchers,
+        lambda: [p.lease for p in pipeline.pollers if p.lease is not None],
+        lambda names: pipeline.notify(list(dispatchers) if names is None else names),
+        clock,
+    )
     return pipeline
 
 
-def make_client(settings: Settings, session: aiohttp.ClientSession) -> WebFonesClient:
-    """The WebFones client for ``settings.upstream``."""
+def make_client(
+    settings: Settings, session: aiohttp.ClientSession, instance: str | None = None
+) -> WebFonesClient:
+    """The WebFones client for ``settings.upstream`` (``instance`` sent as a header)."""
     up = settings.upstream
     return WebFonesClient(
-        session, up.base_url, timeout=up.timeout, max_response_bytes=up.max_response_bytes
+        session,
+        up.base_url,
+        timeout=up.timeout,
+        max_response_bytes=up.max_response_bytes,
+        instance=instance,
     )
 
 
@@ -116,8 +143,10 @@ def make_dispatcher(
         tz=ZoneInfo(up.timezone),
         region=up.phone_region,
     )
+    # A shared store: short claim leases, renewed while held by relay.runtime.cluster.
+    lease = settings.cluster.lease_ttl if pipeline.store.shared else None
     return SubscriberDispatcher(
-        sub, settings.delivery, pipeline.store, sender, pipeline.results, pipeline.clock
+        sub, settings.delivery, pipeline.store, sender, pipeline.results, pipeline.clock, lease
     )
 
 
@@ -136,6 +165,17 @@ def make_poller(pipeline: Pipeline, account: AccountSettings, settings: Settings
             key_id=key_id(key),
             clock=pipeline.clock,
         )
+    lease = None
+    if pipeline.store.shared:
+        ttl = settings.cluster.lease_ttl
+        lease = AccountLease(pipeline.store, account.name, pipeline.instance, ttl, pipeline.clock)
     return AccountPoller(
-        account, settings, pipeline.store, pipeline.client, budget, pipeline.notify, pipeline.clock
+        account,
+        settings,
+        pipeline.store,
+        pipeline.client,
+        budget,
+        pipeline.notify,
+        pipeline.clock,
+        lease,
     )

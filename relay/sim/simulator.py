@@ -73,7 +73,8 @@ class RequestLogEntry:
 
     ``at`` is the server clock on arrival; ``key`` is :func:`key_id` of the key sent (None when
     none was); ``status`` is the status line sent (a ``reset`` logs 200: the headers went out);
-    ``accepted`` is False only for a rate-limiter 429; ``fault`` names the fault applied.
+    ``accepted`` is False only for a rate-limiter 429; ``fault`` names the fault applied;
+    ``instance`` is the relay instance that sent it (its ``X-Relay-Instance`` header).
     """
 
     at: float
@@ -82,6 +83,7 @@ class RequestLogEntry:
     status: int
     accepted: bool = True
     fault: str | None = None
+    instance: str | None = None  # the X-Relay-Instance header: which relay instance asked
 
 
 @dataclass(slots=True)
@@ -369,24 +371,33 @@ class SimulatedWebFones(LocalServer):
         key = _api_key(request)
         kid = key_id(key) if key is not None else None
         stamp = request.query.get("timestamp")
+        inst = request.headers.get("X-Relay-Instance")
         if not self._admit(kid or f"ip:{request.remote}", now):
-            self.request_log.append(RequestLogEntry(now, kid, stamp, 429, accepted=False))
+            self.request_log.append(
+                RequestLogEntry(now, kid, stamp, 429, accepted=False, instance=inst)
+            )
             return _response(*_error(429, _KEY_LIMITED if kid else _IP_LIMITED))
         fault = self._next_fault(key)
         kind = type(fault).__name__.removesuffix("Fault").lower() if fault else None
         match fault:
             case StatusFault(code=code, body=body, headers=headers):
-                self.request_log.append(RequestLogEntry(now, kid, stamp, code, fault=kind))
+                self.request_log.append(
+                    RequestLogEntry(now, kid, stamp, code, fault=kind, instance=inst)
+                )
                 default = _error(code, _default_message(code))[1]
                 return _response(code, default if body is None else body, dict(headers))
             case RawFault(code=code, content_type=ctype, body=body):
-                self.request_log.append(RequestLogEntry(now, kid, stamp, code, fault=kind))
+                self.request_log.append(
+                    RequestLogEntry(now, kid, stamp, code, fault=kind, instance=inst)
+                )
                 return web.Response(status=code, body=body, headers={"Content-Type": ctype})
             case RedirectFault(location=location, code=code):
-                self.request_log.append(RequestLogEntry(now, kid, stamp, code, fault=kind))
+                self.request_log.append(
+                    RequestLogEntry(now, kid, stamp, code, fault=kind, instance=inst)
+                )
                 return web.Response(status=code, headers={"Location": location})
         status, body = self._answer(key, stamp)
-        self.request_log.append(RequestLogEntry(now, kid, stamp, status, fault=kind))
+        self.request_log.append(RequestLogEntry(now, kid, stamp, status, fault=kind, instance=inst))
         account = self._accounts[key].label if key in self._accounts else kid
         logger.debug("simulated poll", extra={"account": account, "status": status, "since": stamp})
         if isinstance(fault, SlowFault):
