@@ -1,13 +1,14 @@
 from __future__ import annotations
 
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 
 from relay.sim.receiver import Receiver
 from relay.sim.simulator import SimulatedWebFones
 from tests.helpers import KEY_A, KEY_B, STARTED
+from tests.pg import drop_schema, new_schema, require_postgres, schema_url
 
 
 @pytest.fixture(autouse=True)
@@ -48,3 +49,24 @@ async def receiver_factory() -> AsyncIterator[Callable[..., Awaitable[tuple[Rece
     finally:
         for rx in started:
             await rx.stop()
+
+
+@pytest.fixture
+def pg_schema() -> Iterator[str]:
+    """A fresh PostgreSQL schema name of this test's own (created by the relay, dropped after).
+    Skips (fails under CI=true) without a server."""
+    require_postgres()
+    schema = new_schema()
+    try:
+        yield schema
+    finally:
+        drop_schema(schema)
+
+
+@pytest.fixture
+def pg_url(pg_schema: str) -> str:
+    """A state URL for a fresh, empty schema of its own.
+
+    Synchronous, so that ``store_factory`` can ask for it; the drop runs on a loop of its own.
+    """
+    return schema_url(pg_schema)

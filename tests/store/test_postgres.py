@@ -17,8 +17,8 @@ from relay.core.models import Outcome
 from relay.store.postgres import PostgresStore, migrations
 from relay.store.postgres import sql as pg_sql
 from tests.helpers import GENEROUS, wait_until_async
+from tests.pg import PG_DSN, pg_execute, schema_url
 from tests.store.builders import LEASE, NOW, T0, batch, opened, result
-from tests.store.conftest import PG_DSN, pg_execute, schema_url
 
 
 @pytest.fixture

@@ -20,8 +20,8 @@ from relay.store import Store
 from relay.store.sqlite import sql as sqlite_sql
 from relay.store.sqlite.retention import CHUNK
 from relay.store.sqlite.store import SqliteStore
+from tests.pg import PG_DSN, require_postgres, schema_url
 from tests.store.builders import LEASE, NOW, batch, opened, result
-from tests.store.conftest import PG_DSN, require_postgres, schema_url
 
 T0 = 1_000.0
 
