@@ -56,6 +56,7 @@ def make_settings(
     upstream: Mapping[str, Any] | None = None,
     delivery: Mapping[str, Any] | None = None,
     state: str | None = None,
+    cluster: Mapping[str, Any] | None = None,
 ) -> Settings:
     """Settings tuned for fast tests: 50 ms polls, frequent sweeps, a generous budget."""
     accounts = accounts or {"alpha": KEY_A}
@@ -85,6 +86,7 @@ def make_settings(
             for s in subs
         ],
         "delivery": {"grace_period": "2s", **(delivery or {})},
+        "cluster": dict(cluster or {}),
     }
     return Settings.model_validate(doc)
 

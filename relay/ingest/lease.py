@@ -82,8 +82,9 @@ class AccountLease:
         if not ok:
             if was_held:
                 log.warning(
-                    "account lease lost: another instance polls this account now",
-                    extra={"account": self.account, "instance": self.owner},
+                    "account lease lost by instance %s: another instance polls this account",
+                    self.owner,
+                    extra={"account": self.account},
                 )
             self._until = float("-inf")
             return False, False
@@ -91,8 +92,9 @@ class AccountLease:
         if not was_held:
             self.taken += 1
             log.info(
-                "account lease taken: this instance polls the account",
-                extra={"account": self.account, "instance": self.owner},
+                "account lease taken by instance %s: it polls the account",
+                self.owner,
+                extra={"account": self.account},
             )
         return True, not was_held
 

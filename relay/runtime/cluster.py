@@ -113,7 +113,7 @@ class Cluster:
             self.instance_id, self._clock(), self.settings.lease_ttl
         )
         if not self.registered:
-            log.info("instance registered", extra={"instance": self.instance_id})
+            log.info("instance %s registered", self.instance_id)
         self.registered = True
 
     # -- the loops ------------------------------------------------------------------------------
@@ -133,9 +133,9 @@ class Cluster:
                 # Peers declared us dead (we stalled past the ttl): our claims and account
                 # leases are gone. Stop trusting our own view of them, then join again.
                 log.warning(
-                    "this instance was declared dead by its peers: dropping its leases and "
+                    "instance %s was declared dead by its peers: dropping its leases and "
                     "registering again",
-                    extra={"instance": self.instance_id},
+                    self.instance_id,
                 )
                 for lease in self._leases():
                     lease.lapse()
