@@ -19,12 +19,12 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from bench import delivery, many_idle, plots, polling, procs, report
+from bench import cluster, delivery, many_idle, plots, polling, procs, report
 from bench.ctx import Ctx
 from bench.plan import FULL, SMOKE
 from relay.sim.simulator import SimulatedWebFones
 
-PHASES = ("throughput", "isolation", "idle", "backlog", "ingest", "latency")
+PHASES = ("throughput", "isolation", "idle", "backlog", "ingest", "latency", "cluster")
 ANALYSIS = os.path.join(os.path.dirname(__file__), "analysis.md")
 
 
@@ -43,6 +43,7 @@ async def run(ctx: Ctx, only: set[str]) -> dict[str, float]:
     timings: dict[str, float] = {}
     keys = polling.upstream_keys(ctx.sizes.reps)
     keys[delivery.UPSTREAM_KEY] = "quiet"
+    keys.update(cluster.upstream_keys())
     sim = SimulatedWebFones(keys, seed=3)
     upstream = await sim.start()
     try:
@@ -69,6 +70,9 @@ async def run(ctx: Ctx, only: set[str]) -> dict[str, float]:
         if "latency" in only:
             async with timed(timings, "latency"):
                 await polling.latency(ctx, sim, upstream)
+        if "cluster" in only:
+            async with timed(timings, "cluster"):
+                await cluster.postgres(ctx, sim, upstream)
     finally:
         await sim.stop()
     return timings

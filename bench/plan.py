@@ -79,6 +79,8 @@ class Sizes:
     isolation: int  # (7) deliveries to the healthy subscriber
     isolation_reps: int  # (7) pairs of runs: the ratio of two noisy rates needs more
     throughput_reps: int  # (1) pairs of headline runs (the sweep runs `reps` times)
+    cluster_deliveries: int = 20_000  # (8) deliveries per PostgreSQL/SQLite throughput run
+    cluster_reps: int = 3  # (8) rounds of SQLite, PostgreSQL x1 and x3
 
 
 FULL = Sizes(
@@ -121,4 +123,6 @@ SMOKE = Sizes(
     isolation=300,
     isolation_reps=1,
     throughput_reps=1,
+    cluster_deliveries=600,
+    cluster_reps=1,
 )

@@ -22,6 +22,7 @@ SECTIONS = (
     ("idle", "5. Idle cost"),
     ("budget", "6. Upstream budget"),
     ("isolation", "7. Isolation"),
+    ("cluster", "8. PostgreSQL and several instances"),
 )
 PLOTS = {
     "sweep": "throughput_vs_concurrency.png",

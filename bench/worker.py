@@ -381,7 +381,19 @@ async def bare_poll_job(job: dict[str, Any]) -> None:
     emit("result", window=window, maxrss_mb=rusage()["maxrss_mb"])
 
 
-JOBS = {"build": build_job, "relay": relay_job, "bare": bare_job, "bare_poll": bare_poll_job}
+async def pg_relay(job: dict[str, Any]) -> None:
+    from bench.pgworker import pg_relay_job
+
+    await pg_relay_job(job)
+
+
+JOBS = {
+    "build": build_job,
+    "relay": relay_job,
+    "bare": bare_job,
+    "bare_poll": bare_poll_job,
+    "pgrelay": pg_relay,
+}
 
 
 def main() -> int:
