@@ -3,7 +3,8 @@ FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml constraints.txt README.md ./
 COPY relay ./relay
-RUN pip install --no-cache-dir --prefix=/install -c constraints.txt '.[fast]'
+# postgres: asyncpg, for a shared postgresql:// state (several instances, docs/SCALING.md).
+RUN pip install --no-cache-dir --prefix=/install -c constraints.txt '.[fast,postgres]'
 
 FROM python:3.11-slim
 ENV PYTHONUNBUFFERED=1 \
