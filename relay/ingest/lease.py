@@ -27,6 +27,33 @@ class LeaseLost(RelayError):
     that holds the lease now polls the account (internal to the poller)."""
 
 
+class LeaseShare:
+    """How many account leases this instance should hold: an even share of the accounts among
+    the live instances, so that N instances split the polling instead of the first one taking
+    every account.
+
+    An instance below its share takes free accounts; one above it (it was alone when the
+    others started) gives one back per poll until it is not. An instance at its share does not
+    even ask about the accounts it does not hold, which keeps idle instances off the database.
+    ``live`` is kept current by the heartbeat (:mod:`relay.runtime.cluster`), ``accounts`` by
+    the wiring (a reload may add or remove accounts).
+    """
+
+    def __init__(self, accounts: int) -> None:
+        self.accounts = accounts
+        self.live = 1
+        self.held = 0
+
+    def quota(self) -> int:
+        return -(-self.accounts // max(1, self.live))
+
+    def may_take(self) -> bool:
+        return self.held < self.quota()
+
+    def over(self) -> bool:
+        return self.held > self.quota()
+
+
 class AccountLease:
     """The lease of ``account`` as held (or not) by ``owner``."""
 
@@ -37,8 +64,11 @@ class AccountLease:
         owner: str,
         ttl: float,
         clock: Callable[[], float] = time.time,
+        share: LeaseShare | None = None,
     ) -> None:
         self._store = store
+        self._share = share
+        self._counted = False  # counted in share.held
         self.account = account
         self.owner = owner
         self.ttl = ttl
@@ -63,12 +93,26 @@ class AccountLease:
         """Forget that we hold it (the instance was declared dead, or a poll was abandoned):
         the next :meth:`hold` is fresh."""
         self._until = float("-inf")
+        self._uncount()
+
+    def _uncount(self) -> None:
+        if self._counted and self._share is not None:
+            self._share.held -= 1
+        self._counted = False
+
+    def should_shed(self) -> bool:
+        """True when we hold it but hold more than our share: give it to another instance."""
+        return self._share is not None and self.held() and self._share.over()
 
     async def hold(self) -> tuple[bool, bool]:
         """Take or renew the lease. Returns ``(held, fresh)``: ``fresh`` when we did not hold it
         a moment ago, so another instance may have polled meanwhile and the caller must take up
         the account's durable position again. A store error counts as not held."""
         was_held = self.held()
+        if not was_held:
+            self._uncount()  # ran out on our clock since the last poll
+            if self._share is not None and not self._share.may_take():
+                return False, False  # our share is full: leave it to the others, unasked
         asked = self._clock()
         try:
             ok = await self._store.acquire_account_lease(self.account, self.owner, self.ttl, asked)
@@ -87,10 +131,14 @@ class AccountLease:
                     extra={"account": self.account},
                 )
             self._until = float("-inf")
+            self._uncount()
             return False, False
         self._until = asked + self.ttl
         if not was_held:
             self.taken += 1
+            if self._share is not None:
+                self._share.held += 1
+                self._counted = True
             log.info(
                 "account lease taken by instance %s: it polls the account",
                 self.owner,
@@ -99,8 +147,17 @@ class AccountLease:
         return True, not was_held
 
     async def turn(self, load: Callable[[], Awaitable[None]]) -> bool:
-        """Whether this instance polls the account now. On taking it (again), ``load`` takes
-        up the account's durable position, which another instance may have moved meanwhile."""
+        """Whether this instance polls the account now. Hands it over when over our share;
+        on taking it (again), ``load`` takes up the account's durable position, which another
+        instance may have moved meanwhile."""
+        if self.should_shed():
+            log.info(
+                "instance %s is over its share of accounts: handing this one over",
+                self.owner,
+                extra={"account": self.account},
+            )
+            await self.release()
+            return False
         held, fresh = await self.hold()
         if held and fresh:
             try:
@@ -124,6 +181,7 @@ class AccountLease:
     async def release(self) -> None:
         """Give the lease up (shutdown) so another instance takes over at once."""
         self._until = float("-inf")
+        self._uncount()  # before the await: another poller deciding to shed sees it at once
         try:
             await self._store.release_account_lease(self.account, self.owner)
         except StoreError as exc:

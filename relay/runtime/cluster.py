@@ -6,7 +6,8 @@ store when the supervisor starts. On a shared store (PostgreSQL) four loops, run
 supervisor, keep the instances honest with each other, each waking every third of
 ``cluster.lease_ttl``:
 
-* ``heartbeat``: extend this instance's life; an instance that misses a ttl of them is dead.
+* ``heartbeat``: extend this instance's life (an instance that misses a ttl of them is dead),
+  and count the live instances, which sets this one's share of the accounts to poll.
   Told it was declared dead (it stalled), it drops its account leases and registers again.
 * ``recover``: make the claims of dead instances due again and free their account leases, so
   their work resumes within a ttl (claims whose lease expires are claimable anyway).
@@ -35,7 +36,7 @@ from relay.core.aio import unless_stopped, wait_or_stop
 from relay.core.errors import StoreError
 from relay.core.models import Delivery
 from relay.delivery.claimer import SubscriberDispatcher
-from relay.ingest.lease import AccountLease
+from relay.ingest.lease import AccountLease, LeaseShare
 from relay.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ class Cluster:
         instance_id: str,
         dispatchers: dict[str, SubscriberDispatcher],
         leases: Callable[[], Sequence[AccountLease]],
+        share: LeaseShare,
         wake: Callable[[list[str] | None], None],
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -68,6 +70,7 @@ class Cluster:
         self.instance_id = instance_id
         self._dispatchers = dispatchers
         self._leases = leases  # the pollers' leases, as they are now (reloads change them)
+        self._share = share
         self._wake = wake
         self._clock = clock
         self.registered = False
@@ -115,6 +118,9 @@ class Cluster:
         if not self.registered:
             log.info("instance %s registered", self.instance_id)
         self.registered = True
+        if self.shared:
+            live = await self._store.live_instances(self._clock())
+            self._share.live = max(1, len(live))
 
     # -- the loops ------------------------------------------------------------------------------
 
@@ -126,9 +132,10 @@ class Cluster:
                 if not self.registered:
                     await self._register()
                     continue
-                if await self._store.heartbeat(
-                    self.instance_id, self._clock(), self.settings.lease_ttl
-                ):
+                now = self._clock()
+                if await self._store.heartbeat(self.instance_id, now, self.settings.lease_ttl):
+                    # How many share the accounts: each instance's share follows it.
+                    self._share.live = max(1, len(await self._store.live_instances(now)))
                     continue
                 # Peers declared us dead (we stalled past the ttl): our claims and account
                 # leases are gone. Stop trusting our own view of them, then join again.

@@ -228,6 +228,7 @@ class Supervisor:
             poller = make_poller(self.pipeline, account, new)
             self.pollers.append(poller)
             self._start_poller(poller)
+        self.pipeline.share.accounts = len(self.pollers)  # this instance's share follows
         self.wake([s.name for s in plan.start_subscribers])
         kept: dict[str, int] = {}
         removed = [n for n in plan.stop_subscribers if n not in self.dispatchers]

@@ -23,7 +23,7 @@ from relay.delivery.results import ResultWriter
 from relay.delivery.scheduler import DeliveryScheduler
 from relay.delivery.sender import Sender
 from relay.ingest.budget import KeyBudget
-from relay.ingest.lease import AccountLease
+from relay.ingest.lease import AccountLease, LeaseShare
 from relay.ingest.poller import AccountPoller
 from relay.ingest.upstream import WebFonesClient
 from relay.runtime.cluster import Cluster, new_instance_id
@@ -48,6 +48,7 @@ class Pipeline:
     # This process among the instances sharing the store (see relay.runtime.cluster).
     instance: str = ""
     cluster: Cluster | None = None
+    share: LeaseShare = field(default_factory=lambda: LeaseShare(0))
 
     def notify(self, subscribers: list[str]) -> None:
         """Wake the named subscribers' claimers: new deliveries were just committed."""
@@ -104,12 +105,14 @@ def build_pipeline(
         if sub.enabled:
             scheduler.add(make_dispatcher(pipeline, sub, settings))
     pipeline.pollers = [make_poller(pipeline, a, settings) for a in settings.upstream.accounts]
+    pipeline.share.accounts = len(pipeline.pollers)
     pipeline.cluster = Cluster(
         store,
         settings.cluster,
         pipeline.instance,
         dispatchers,
         lambda: [p.lease for p in pipeline.pollers if p.lease is not None],
+        pipeline.share,
         lambda names: pipeline.notify(list(dispatchers) if names is None else names),
         clock,
     )
@@ -168,7 +171,9 @@ def make_poller(pipeline: Pipeline, account: AccountSettings, settings: Settings
     lease = None
     if pipeline.store.shared:
         ttl = settings.cluster.lease_ttl
-        lease = AccountLease(pipeline.store, account.name, pipeline.instance, ttl, pipeline.clock)
+        lease = AccountLease(
+            pipeline.store, account.name, pipeline.instance, ttl, pipeline.clock, pipeline.share
+        )
     return AccountPoller(
         account,
         settings,
