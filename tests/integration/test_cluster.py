@@ -165,7 +165,7 @@ async def test_wakeups_from_another_instance_reach_the_named_claimers(pg_url):
     listener, writer = PostgresStore(pg_url), PostgresStore(pg_url)
     await listener.open()
     await writer.open()
-    cluster = Cluster(listener, ClusterSettings(), "me", {}, [], LeaseShare(0), wake)
+    cluster = Cluster(listener, ClusterSettings(), "me", {}, list, LeaseShare(0), wake)
     stop = asyncio.Event()
     task = asyncio.ensure_future(cluster.listen_loop(stop))
     try:
