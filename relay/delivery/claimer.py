@@ -109,9 +109,8 @@ class SubscriberDispatcher:
         limit = subscriber.pace()
         # Charged in the store too (keyed by name, never the URL): the limit then holds across
         # restarts and instances.
-        self.pace = (
-            Pace(limit, store, f"subscriber:{subscriber.name}", clock) if limit is not None else None
-        )
+        key = f"subscriber:{subscriber.name}"
+        self.pace = Pace(limit, store, key, clock) if limit is not None else None
         self.breaker = SubscriberBreaker(self.name, subscriber.circuit.policy(), store)
         self.fifo = subscriber.ordering == "fifo"
         capacity = buffer_size(subscriber.max_in_flight, delivery.batch_size)

@@ -5,8 +5,9 @@ The limit is enforced where a request leaves, with the limiter's clock read at t
 a worker delayed by a slow receiver can never send two requests closer together than the bucket
 allows. Each POST is also charged to the same bucket in the store (``spend_budget``, keyed by
 the subscriber's name), so the limit holds across a restart and, on PostgreSQL, across every
-instance sending to that subscriber. What keeps a delivery from waiting in the limiter past its lease is the claimer: it holds
-only what the limit lets out within :data:`PACE_WINDOW`, and the lease covers that wait.
+instance sending to that subscriber. What keeps a delivery from waiting in the limiter past its
+lease is the claimer: it holds only what the limit lets out within :data:`PACE_WINDOW`, and the
+lease covers that wait.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from __future__ import annotations
 import sqlite3
 
 from relay.core.budget import bucket_params, bucket_spend, default_burst
-from relay.store.sqlite.sql import _transaction
+from relay.store.sqlite.schema import _transaction
 
 SQL_BUCKET = "SELECT level, at, paused_until FROM budget_buckets WHERE key_id = ?"
 SQL_CHARGE = """

@@ -13,7 +13,8 @@ import sqlite3
 from collections.abc import Sequence
 
 from relay.core.models import Orphan
-from relay.store.sqlite.sql import SQL_STATE_COUNTS, _transaction
+from relay.store.sqlite.schema import _transaction
+from relay.store.sqlite.stats import SQL_STATE_COUNTS
 
 CHUNK = 2000
 STATES = ("pending", "inflight", "delivered", "dead")

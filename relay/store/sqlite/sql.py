@@ -1,181 +1,68 @@
-"""The SQL of the SQLite backend: schema, migrations, and the synchronous functions that each
-run one transaction on the store's worker thread (see :mod:`relay.store.sqlite.store`).
+"""The SQL of the SQLite backend: the synchronous functions that each run one transaction on
+the store's worker thread (see :mod:`relay.store.sqlite.store`); the schema is in
+:mod:`relay.store.sqlite.schema`.
 
 Every function here takes the connection first and is called only from that one thread.
 """
 
 from __future__ import annotations
 
-import contextlib
-import itertools
-import json
 import logging
 import math
 import sqlite3
-from collections.abc import Iterator, Sequence
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from typing import Any
 
 import orjson
 
-from relay.core.errors import StoreError
 from relay.core.models import (
-    AccountCursor,
-    CallRecord,
     DeadLetter,
     Delivery,
     Finished,
-    IngestBatch,
-    IngestResult,
     Outcome,
     StoredRecord,
-    quarantine_digest,
 )
-from relay.core.status import AccountState, QueueCounts, StoreStats
 from relay.store.bodies import BodyCache
+from relay.store.sqlite.ingest import ingest, load_cursor
+from relay.store.sqlite.schema import (
+    CHUNK,
+    MIGRATIONS,
+    SCHEMA_V1,
+    SYNCHRONOUS_MODES,
+    _chunks,
+    _marks,
+    _transaction,
+    check_ours,
+    configure,
+    execute,
+    is_full,
+    migrate,
+    recover,
+)
+from relay.store.sqlite.stats import stats
+
+# Re-exported: the store and the tests reach these through this module.
+__all__ = [
+    "CHUNK",
+    "MIGRATIONS",
+    "SCHEMA_V1",
+    "SYNCHRONOUS_MODES",
+    "_transaction",
+    "check_ours",
+    "configure",
+    "execute",
+    "ingest",
+    "is_full",
+    "load_cursor",
+    "migrate",
+    "recover",
+    "stats",
+]
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
-# Version 1 of the schema. Statements are separated by ";" (none may contain one).
-SCHEMA_V1 = """
-CREATE TABLE cursors (
-    account     TEXT PRIMARY KEY,
-    newest      TEXT,
-    last_sweep  REAL
-);
-CREATE TABLE seen (
-    account  TEXT NOT NULL,
-    rid      INTEGER NOT NULL,
-    call_ts  TEXT NOT NULL,
-    seen_at  REAL NOT NULL,
-    PRIMARY KEY (account, rid)
-) WITHOUT ROWID;
-CREATE INDEX seen_age ON seen (account, call_ts);
-CREATE TABLE records (
-    id           INTEGER PRIMARY KEY,
-    account      TEXT NOT NULL,
-    rid          INTEGER NOT NULL,
-    call_ts      TEXT NOT NULL,
-    received_at  REAL NOT NULL,
-    body         BLOB NOT NULL
-);
-CREATE INDEX records_received ON records (received_at);
-CREATE TABLE deliveries (
-    id           INTEGER PRIMARY KEY,
-    record_id    INTEGER NOT NULL REFERENCES records (id) ON DELETE CASCADE,
-    subscriber   TEXT NOT NULL,
-    state        TEXT NOT NULL CHECK (state IN ('pending', 'inflight', 'delivered', 'dead')),
-    attempts     INTEGER NOT NULL DEFAULT 0,
-    next_at      REAL NOT NULL,
-    lease_until  REAL,
-    last_status  INTEGER,
-    last_error   TEXT,
-    updated_at   REAL NOT NULL
-);
--- One partial index per state, each as small as that state: claim walks 'deliveries_due' in
--- order and stops after ``limit`` rows, expired leases (rare) are found through
--- 'deliveries_leased', and stats counts every state from an index without sorting the table.
-CREATE INDEX deliveries_due ON deliveries (subscriber, next_at) WHERE state = 'pending';
-CREATE INDEX deliveries_leased ON deliveries (subscriber, lease_until) WHERE state = 'inflight';
-CREATE INDEX deliveries_done ON deliveries (subscriber) WHERE state = 'delivered';
-CREATE INDEX deliveries_dead ON deliveries (subscriber, updated_at) WHERE state = 'dead';
-CREATE INDEX deliveries_record ON deliveries (record_id, state);
-CREATE TABLE attempts (
-    delivery_id  INTEGER NOT NULL REFERENCES deliveries (id) ON DELETE CASCADE,
-    at           REAL NOT NULL,
-    status       INTEGER,
-    error        TEXT,
-    latency_ms   REAL NOT NULL,
-    response     TEXT NOT NULL
-);
-CREATE INDEX attempts_delivery ON attempts (delivery_id);
-CREATE TABLE quarantine (
-    id       INTEGER PRIMARY KEY,
-    account  TEXT NOT NULL,
-    raw      BLOB NOT NULL,
-    reason   TEXT NOT NULL,
-    at       REAL NOT NULL
-);
-CREATE TABLE account_status (
-    account     TEXT PRIMARY KEY,
-    status      TEXT NOT NULL,
-    error       TEXT,
-    updated_at  REAL NOT NULL
-);
-CREATE TABLE subscriber_state (
-    subscriber       TEXT PRIMARY KEY,
-    disabled_reason  TEXT,
-    updated_at       REAL NOT NULL
-)
-"""
-
-# Version 2: the sweep anchor is kept (it lived in memory, so the first sweep after a restart
-# read back from the current cursor and could miss a record written late behind the old one).
-SCHEMA_V2 = "ALTER TABLE cursors ADD COLUMN sweep_anchor TEXT"
-
-# Version 3: each API key's budget bucket (see relay.store.sqlite.ledger), so that a restarted
-# relay does not spend again a window its previous process already spent (it lived in memory).
-# ``key_id`` is a digest of the key, never the key.
-SCHEMA_V3 = """
-CREATE TABLE budget_buckets (
-    key_id        TEXT PRIMARY KEY,
-    level         REAL NOT NULL,
-    at            REAL NOT NULL,
-    paused_until  REAL
-)
-"""
-
-# Version 4 (issue 8 #7, #8): a quarantined record is kept once per account and content (its
-# digest), with when it was first and last seen, so that a restart does not keep it again and
-# retention can forget it; a subscriber no longer configured is stamped with when that was
-# found; dead letters are found by age. Self-contained: it needs nothing of version 3.
-SCHEMA_V4 = """
-CREATE TABLE quarantine_v4 (
-    id       INTEGER PRIMARY KEY,
-    account  TEXT NOT NULL,
-    digest   BLOB NOT NULL UNIQUE,
-    raw      BLOB NOT NULL,
-    reason   TEXT NOT NULL,
-    at       REAL NOT NULL,
-    last_at  REAL NOT NULL,
-    times    INTEGER NOT NULL DEFAULT 1
-);
-INSERT INTO quarantine_v4 (account, digest, raw, reason, at, last_at)
-SELECT account, relay_quarantine_digest(account, raw), raw, reason, at, at
-FROM quarantine WHERE true ORDER BY id
-ON CONFLICT (digest) DO UPDATE
-SET last_at = max(last_at, excluded.last_at), times = times + 1;
-DROP TABLE quarantine;
-ALTER TABLE quarantine_v4 RENAME TO quarantine;
-CREATE INDEX quarantine_seen ON quarantine (last_at);
-CREATE INDEX deliveries_dead_age ON deliveries (updated_at) WHERE state = 'dead';
-ALTER TABLE subscriber_state ADD COLUMN orphaned_at REAL
-"""
-
-# Version 5, self-contained: each subscriber's circuit breaker and 429 pause survive a restart,
-# and the head of a queue (oldest pending delivery, for fifo ordering and an open circuit's
-# probe) is one index step instead of a sort of the whole backlog.
-SCHEMA_V5 = """
-CREATE TABLE subscriber_circuit (
-    subscriber     TEXT PRIMARY KEY,
-    failures       INTEGER NOT NULL,
-    failing_since  REAL,
-    opened_at      REAL,
-    paused_until   REAL,
-    updated_at     REAL NOT NULL
-);
-CREATE INDEX deliveries_queue ON deliveries (subscriber, id) WHERE state = 'pending'
-"""
-
-# MIGRATIONS[n] takes a file from ``PRAGMA user_version`` n to n + 1. Append, never edit.
-MIGRATIONS: tuple[str, ...] = (SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5)
-
-SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
-CHUNK = 500  # ids per "IN (…)" list: far below SQLite's 32,766 host parameters
 PRUNE_CHUNK = 2000  # records examined per prune transaction, so claims interleave with it
 GONE_REASON = "410 Gone"
-_SQLITE_FULL = 13
 
 _STATE_AFTER = {
     Outcome.DELIVERED: "delivered",
@@ -183,96 +70,6 @@ _STATE_AFTER = {
     Outcome.DEAD: "dead",
     Outcome.GONE: "pending",  # kept for when the subscriber is re-enabled
 }
-
-
-# -- opening ------------------------------------------------------------------------------------
-
-
-def configure(conn: sqlite3.Connection, synchronous: str) -> None:
-    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-    if str(mode).lower() != "wal":
-        log.warning("state file cannot use WAL (journal mode %s); writes will be slower", mode)
-    conn.execute(f"PRAGMA synchronous = {synchronous}")  # validated against SYNCHRONOUS_MODES
-    conn.execute("PRAGMA busy_timeout = 5000")  # only ops tools ever share the file
-    conn.execute("PRAGMA foreign_keys = ON")
-    conn.execute("PRAGMA cache_size = -32768")  # 32 MiB
-    conn.execute("PRAGMA journal_size_limit = 67108864")  # truncate a big WAL back to 64 MiB
-
-
-def check_ours(conn: sqlite3.Connection, path: str) -> None:
-    """Refuse, with reads only, a file from a newer relay or from some other program."""
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
-    if version > len(MIGRATIONS):
-        raise StoreError(
-            f"state file {path} has schema version {version}, newer than this relay "
-            f"understands ({len(MIGRATIONS)}); upgrade the relay"
-        )
-    if version == 0 and conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone():
-        raise StoreError(f"state file {path} is an SQLite file of some other program")
-
-
-def migrate(conn: sqlite3.Connection, path: str) -> None:
-    """Bring the schema to the newest version, all steps in one transaction."""
-    # Version 4 computes the digest of quarantined rows kept before it existed.
-    conn.create_function(
-        "relay_quarantine_digest",
-        2,
-        lambda account, raw: quarantine_digest(account, bytes(raw)),
-        deterministic=True,
-    )
-    with _transaction(conn):
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        check_ours(conn, path)  # again inside the transaction: nobody changed it meanwhile
-        for step in MIGRATIONS[version:]:
-            for statement in step.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-        if version < len(MIGRATIONS):
-            conn.execute(f"PRAGMA user_version = {len(MIGRATIONS)}")
-
-
-def recover(conn: sqlite3.Connection) -> int:
-    """Make deliveries leased by a process that died due again (their next_at is past)."""
-    with _transaction(conn):
-        sql = "UPDATE deliveries SET state = 'pending', lease_until = NULL WHERE state = 'inflight'"
-        return conn.execute(sql).rowcount
-
-
-# -- helpers ------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """``BEGIN IMMEDIATE … COMMIT``; any failure (including in COMMIT) rolls back everything."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield conn
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-        raise
-
-
-def is_full(exc: sqlite3.Error) -> bool:
-    code = getattr(exc, "sqlite_errorcode", None)
-    return (code is not None and code & 0xFF == _SQLITE_FULL) or "disk is full" in str(exc)
-
-
-def _chunks(items: Sequence[T], size: int = CHUNK) -> Iterator[Sequence[T]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-def _marks(n: int) -> str:
-    return ",".join("?" * n)
-
-
-def execute(conn: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> int:
-    """One statement in its own transaction; returns the number of rows changed."""
-    with _transaction(conn):
-        return conn.execute(sql, params).rowcount
 
 
 SQL_MARK_SWEPT = """
@@ -293,103 +90,6 @@ SET disabled_reason = excluded.disabled_reason, updated_at = excluded.updated_at
 """
 
 # -- ingest -------------------------------------------------------------------------------------
-
-
-def load_cursor(conn: sqlite3.Connection, account: str) -> AccountCursor:
-    sql = "SELECT newest, last_sweep, sweep_anchor FROM cursors WHERE account = ?"
-    row = conn.execute(sql, (account,)).fetchone()
-    return AccountCursor(None, None) if row is None else AccountCursor(*row)
-
-
-def ingest(conn: sqlite3.Connection, batch: IngestBatch) -> IngestResult:
-    first: dict[int, CallRecord] = {}
-    for record in batch.records:
-        first.setdefault(record.rid, record)  # the first occurrence in the batch wins
-    with _transaction(conn):
-        known = _known_rids(conn, batch.account, list(first))
-        new = [record for rid, record in first.items() if rid not in known]
-        # Generators, not lists: a catch-up batch of 100,000 records would otherwise hold
-        # every parameter tuple at once.
-        conn.executemany(
-            "INSERT INTO seen (account, rid, call_ts, seen_at) VALUES (?, ?, ?, ?)",
-            ((batch.account, r.rid, r.call_ts, batch.received_at) for r in new),
-        )
-        if new and not batch.seed_only:
-            _enqueue(conn, batch, new)
-        if batch.quarantined:
-            at = batch.received_at
-            conn.executemany(
-                SQL_QUARANTINE,
-                [
-                    (batch.account, quarantine_digest(batch.account, q.raw), q.raw, q.reason, at)
-                    for q in batch.quarantined
-                ],
-            )
-        if batch.cursor is not None:
-            conn.execute(
-                "INSERT INTO cursors (account, newest) VALUES (?, ?) ON CONFLICT (account) "
-                "DO UPDATE SET newest = excluded.newest "
-                "WHERE cursors.newest IS NULL OR excluded.newest > cursors.newest",
-                (batch.account, batch.cursor),
-            )
-    return IngestResult([r.rid for r in new], len(batch.records) - len(new))
-
-
-def _known_rids(conn: sqlite3.Connection, account: str, rids: list[int]) -> set[int]:
-    known: set[int] = set()
-    for chunk in _chunks(rids):
-        sql = f"SELECT rid FROM seen WHERE account = ? AND rid IN ({_marks(len(chunk))})"
-        known.update(row[0] for row in conn.execute(sql, (account, *chunk)))
-    return known
-
-
-# Kept once: the same record again only says when it was last seen (and how often).
-SQL_QUARANTINE = """
-INSERT INTO quarantine (account, digest, raw, reason, at, last_at) VALUES (?1, ?2, ?3, ?4, ?5, ?5)
-ON CONFLICT (digest) DO UPDATE SET last_at = max(last_at, excluded.last_at), times = times + 1
-"""
-
-SQL_FAN_OUT = """
-INSERT INTO deliveries (record_id, subscriber, state, attempts, next_at, updated_at)
-SELECT r.id, s.value, 'pending', 0, ?, ?
-FROM records AS r, json_each(?) AS s
-WHERE r.id BETWEEN ? AND ?
-ORDER BY r.id
-"""
-
-
-def _enqueue(conn: sqlite3.Connection, batch: IngestBatch, new: list[CallRecord]) -> None:
-    """Store each body once and queue one delivery per subscriber that points at it."""
-    # Ids are assigned here so the deliveries can reference them without a round trip per row;
-    # safe because BEGIN IMMEDIATE makes this connection the only writer.
-    base = conn.execute("SELECT COALESCE(MAX(id), 0) FROM records").fetchone()[0]
-    ids = range(base + 1, base + 1 + len(new))
-    at = batch.received_at
-    conn.executemany(
-        "INSERT INTO records (id, account, rid, call_ts, received_at, body) "
-        "VALUES (?, ?, ?, ?, ?, ?)",
-        ((i, batch.account, r.rid, r.call_ts, at, r.body) for i, r in zip(ids, new, strict=True)),
-    )
-    # The (record × subscriber) fan-out is a join inside SQLite: binding one row per delivery
-    # from Python would cost more than writing it. Filtered records (subscribers given) are
-    # bound row by row; runs of each kind go in record order, so each queue keeps that order.
-    subscribers = json.dumps(list(dict.fromkeys(batch.subscribers)))
-    start = ids.start
-    for every, run in itertools.groupby(new, key=lambda r: r.subscribers is None):
-        records = list(run)
-        if every:
-            conn.execute(SQL_FAN_OUT, (at, at, subscribers, start, start + len(records) - 1))
-        else:
-            conn.executemany(
-                "INSERT INTO deliveries (record_id, subscriber, state, attempts, next_at, "
-                "updated_at) VALUES (?, ?, 'pending', 0, ?, ?)",
-                (
-                    (start + i, name, at, at)
-                    for i, r in enumerate(records)
-                    for name in dict.fromkeys(r.subscribers or ())
-                ),
-            )
-        start += len(records)
 
 
 # -- delivery -----------------------------------------------------------------------------------
@@ -706,63 +406,3 @@ def prune_chunk(
         ).rowcount
     last = candidates[-1]
     return pruned, (None if len(candidates) < PRUNE_CHUNK else (last[1], last[0]))
-
-
-def stats(conn: sqlite3.Connection) -> StoreStats:
-    conn.execute("BEGIN")  # one consistent snapshot for every count
-    try:
-        result = StoreStats(
-            accounts=_account_stats(conn),
-            subscribers=_subscriber_stats(conn),
-            quarantined=conn.execute("SELECT COUNT(*) FROM quarantine").fetchone()[0],
-            seen=conn.execute("SELECT COUNT(*) FROM seen").fetchone()[0],
-        )
-    finally:
-        conn.execute("COMMIT")
-    return result
-
-
-def _account_stats(conn: sqlite3.Connection) -> dict[str, AccountState]:
-    accounts: dict[str, AccountState] = {}
-    for name, newest, last_sweep in conn.execute("SELECT account, newest, last_sweep FROM cursors"):
-        state = accounts.setdefault(name, AccountState())
-        state.cursor, state.last_sweep = newest, last_sweep
-    for name, status, error in conn.execute("SELECT account, status, error FROM account_status"):
-        state = accounts.setdefault(name, AccountState())
-        state.status, state.error = status, error
-    return accounts
-
-
-# Each branch is a walk of one partial index, already grouped by subscriber.
-SQL_STATE_COUNTS = " UNION ALL ".join(
-    f"SELECT subscriber, '{state}', COUNT(*), {oldest} FROM deliveries "
-    f"WHERE state = '{state}' GROUP BY subscriber"
-    for state, oldest in (
-        ("pending", "MIN(next_at)"),
-        ("inflight", "NULL"),
-        ("delivered", "NULL"),
-        ("dead", "NULL"),
-    )
-)
-
-
-def _subscriber_stats(conn: sqlite3.Connection) -> dict[str, QueueCounts]:
-    subscribers: dict[str, QueueCounts] = {}
-    for name, state, count, oldest in conn.execute(SQL_STATE_COUNTS):
-        counts = subscribers.setdefault(name, QueueCounts())
-        setattr(counts, state, count)
-        if state == "pending":
-            counts.oldest_pending_at = oldest
-    sql = "SELECT subscriber, disabled_reason, orphaned_at FROM subscriber_state"
-    for name, reason, orphaned_at in conn.execute(sql):
-        counts = subscribers.setdefault(name, QueueCounts())
-        counts.disabled, counts.orphaned_since = reason, orphaned_at
-    columns = "subscriber, failures, failing_since, opened_at, paused_until"
-    for name, failures, since, opened_at, paused_until in conn.execute(
-        f"SELECT {columns} FROM subscriber_circuit"
-    ):
-        counts = subscribers.setdefault(name, QueueCounts())
-        counts.circuit = "closed" if opened_at is None else "open"
-        counts.failures, counts.failing_since = failures, since
-        counts.circuit_opened_at, counts.paused_until = opened_at, paused_until
-    return subscribers

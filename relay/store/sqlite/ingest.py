@@ -1,0 +1,114 @@
+"""Ingest on the SQLite backend: the account's cursor, and the one transaction that stores new
+records, marks their rids seen, keeps bad ones aside and fans out their deliveries."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import sqlite3
+
+from relay.core.models import (
+    AccountCursor,
+    CallRecord,
+    IngestBatch,
+    IngestResult,
+    quarantine_digest,
+)
+from relay.store.sqlite.schema import _chunks, _marks, _transaction
+
+
+def load_cursor(conn: sqlite3.Connection, account: str) -> AccountCursor:
+    sql = "SELECT newest, last_sweep, sweep_anchor FROM cursors WHERE account = ?"
+    row = conn.execute(sql, (account,)).fetchone()
+    return AccountCursor(None, None) if row is None else AccountCursor(*row)
+
+
+def ingest(conn: sqlite3.Connection, batch: IngestBatch) -> IngestResult:
+    first: dict[int, CallRecord] = {}
+    for record in batch.records:
+        first.setdefault(record.rid, record)  # the first occurrence in the batch wins
+    with _transaction(conn):
+        known = _known_rids(conn, batch.account, list(first))
+        new = [record for rid, record in first.items() if rid not in known]
+        # Generators, not lists: a catch-up batch of 100,000 records would otherwise hold
+        # every parameter tuple at once.
+        conn.executemany(
+            "INSERT INTO seen (account, rid, call_ts, seen_at) VALUES (?, ?, ?, ?)",
+            ((batch.account, r.rid, r.call_ts, batch.received_at) for r in new),
+        )
+        if new and not batch.seed_only:
+            _enqueue(conn, batch, new)
+        if batch.quarantined:
+            at = batch.received_at
+            conn.executemany(
+                SQL_QUARANTINE,
+                [
+                    (batch.account, quarantine_digest(batch.account, q.raw), q.raw, q.reason, at)
+                    for q in batch.quarantined
+                ],
+            )
+        if batch.cursor is not None:
+            conn.execute(
+                "INSERT INTO cursors (account, newest) VALUES (?, ?) ON CONFLICT (account) "
+                "DO UPDATE SET newest = excluded.newest "
+                "WHERE cursors.newest IS NULL OR excluded.newest > cursors.newest",
+                (batch.account, batch.cursor),
+            )
+    return IngestResult([r.rid for r in new], len(batch.records) - len(new))
+
+
+def _known_rids(conn: sqlite3.Connection, account: str, rids: list[int]) -> set[int]:
+    known: set[int] = set()
+    for chunk in _chunks(rids):
+        sql = f"SELECT rid FROM seen WHERE account = ? AND rid IN ({_marks(len(chunk))})"
+        known.update(row[0] for row in conn.execute(sql, (account, *chunk)))
+    return known
+
+
+# Kept once: the same record again only says when it was last seen (and how often).
+SQL_QUARANTINE = """
+INSERT INTO quarantine (account, digest, raw, reason, at, last_at) VALUES (?1, ?2, ?3, ?4, ?5, ?5)
+ON CONFLICT (digest) DO UPDATE SET last_at = max(last_at, excluded.last_at), times = times + 1
+"""
+
+SQL_FAN_OUT = """
+INSERT INTO deliveries (record_id, subscriber, state, attempts, next_at, updated_at)
+SELECT r.id, s.value, 'pending', 0, ?, ?
+FROM records AS r, json_each(?) AS s
+WHERE r.id BETWEEN ? AND ?
+ORDER BY r.id
+"""
+
+
+def _enqueue(conn: sqlite3.Connection, batch: IngestBatch, new: list[CallRecord]) -> None:
+    """Store each body once and queue one delivery per subscriber that points at it."""
+    # Ids are assigned here so the deliveries can reference them without a round trip per row;
+    # safe because BEGIN IMMEDIATE makes this connection the only writer.
+    base = conn.execute("SELECT COALESCE(MAX(id), 0) FROM records").fetchone()[0]
+    ids = range(base + 1, base + 1 + len(new))
+    at = batch.received_at
+    conn.executemany(
+        "INSERT INTO records (id, account, rid, call_ts, received_at, body) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        ((i, batch.account, r.rid, r.call_ts, at, r.body) for i, r in zip(ids, new, strict=True)),
+    )
+    # The (record × subscriber) fan-out is a join inside SQLite: binding one row per delivery
+    # from Python would cost more than writing it. Filtered records (subscribers given) are
+    # bound row by row; runs of each kind go in record order, so each queue keeps that order.
+    subscribers = json.dumps(list(dict.fromkeys(batch.subscribers)))
+    start = ids.start
+    for every, run in itertools.groupby(new, key=lambda r: r.subscribers is None):
+        records = list(run)
+        if every:
+            conn.execute(SQL_FAN_OUT, (at, at, subscribers, start, start + len(records) - 1))
+        else:
+            conn.executemany(
+                "INSERT INTO deliveries (record_id, subscriber, state, attempts, next_at, "
+                "updated_at) VALUES (?, ?, 'pending', 0, ?, ?)",
+                (
+                    (start + i, name, at, at)
+                    for i, r in enumerate(records)
+                    for name in dict.fromkeys(r.subscribers or ())
+                ),
+            )
+        start += len(records)
