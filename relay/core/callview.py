@@ -105,9 +105,13 @@ class Party:
         }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CallView:
-    """What filters, templates and chat formats need to know about a call."""
+    """What filters, templates and chat formats need to know about a call.
+
+    Read-only by convention, not ``frozen``: a frozen dataclass's ``__init__`` sets each field
+    through ``object.__setattr__``, which made building a view (once per chat delivery) cost
+    more than everything else in it. Nothing mutates a view; its values are all immutable."""
 
     account: str
     rid: int | None

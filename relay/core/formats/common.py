@@ -2,10 +2,15 @@
 
 Slack, Teams and Discord show the same information in their own shapes; it is computed here
 once so they cannot drift apart. Everything is pure and deterministic: same call view, same text.
+
+These run for every delivery of a chat format, so the common case is kept cheap without changing
+a byte: text without control characters skips the regex, and a party's texts are cached (our own
+lines and repeat callers come back on call after call; :class:`Party` is immutable).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Callable
@@ -36,6 +41,8 @@ def dumps(value: Any) -> bytes:
 def clean(text: str) -> str:
     """One line of text: control characters and line breaks become single spaces, so a caller
     name cannot start a Markdown heading or a list on a new line."""
+    if text.isprintable():  # no Cc, Zl or Zp character: the regex would find nothing
+        return text.strip()
     return _CONTROL.sub(" ", text).strip()
 
 
@@ -79,15 +86,14 @@ def mmss(seconds: int | None) -> str | None:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
+_KINDS = {"inbound": "Incoming call", "outbound": "Outgoing call", "internal": "Internal call"}
+
+
 def kind(view: CallView) -> str:
     """``Missed call``, ``Incoming call``, ``Outgoing call``, ``Internal call`` or ``Call``."""
     if view.missed:
         return "Missed call"
-    return {
-        "inbound": "Incoming call",
-        "outbound": "Outgoing call",
-        "internal": "Internal call",
-    }.get(view.direction, "Call")
+    return _KINDS.get(view.direction, "Call")
 
 
 def talk_time(view: CallView) -> int | None:
@@ -118,7 +124,7 @@ def status(view: CallView) -> str | None:
 
 def headline(view: CallView) -> str:
     """The one-liner, e.g. ``Missed call from B WHITTAKER (111) 111-1111 → x3203, 20:54``."""
-    text = f"{kind(view)} from {clean(view.caller.label())} → {clean(view.callee.label())}"
+    text = f"{kind(view)} from {_texts(view.caller)[0]} → {_texts(view.callee)[0]}"
     if when := hhmm(view):
         text += f", {when}"
     if said := status(view):
@@ -129,8 +135,8 @@ def headline(view: CallView) -> str:
 def facts(view: CallView) -> list[tuple[str, str]]:
     """Label/value pairs for a card or an embed, in display order; empty values left out."""
     pairs = [
-        ("From", _number(view.caller)),
-        ("To", _number(view.callee)),
+        ("From", _texts(view.caller)[1]),
+        ("To", _texts(view.callee)[1]),
         ("Direction", view.direction),
         ("Status", clean(view.disposition) if view.disposition else ""),
         ("Duration", mmss(talk_time(view)) or ""),
@@ -143,6 +149,12 @@ def footer(view: CallView) -> str:
     """``acme · rid 211159``: where the call came from, for whoever has to look it up."""
     rid = f" · rid {view.rid}" if view.rid is not None else ""
     return clean(view.account) + rid
+
+
+@functools.lru_cache(maxsize=4096)
+def _texts(party: Party) -> tuple[str, str]:
+    """A party's cleaned label and its number as a fact (``B WHITTAKER +15550177737 x12``)."""
+    return clean(party.label()), _number(party)
 
 
 def _number(party: Party) -> str:

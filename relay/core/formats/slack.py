@@ -29,6 +29,8 @@ _ESCAPES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
 
 def escape(text: str, limit: int = TEXT_LIMIT) -> str:
     """mrkdwn-escape ``text``, cut (with ``…``) so the escaped result fits ``limit``."""
+    if len(text) <= limit and "&" not in text and "<" not in text and ">" not in text:
+        return text  # the common case: nothing to escape, nothing to cut
     return fit(text, limit, _escape_char, _escape_all)
 
 
@@ -44,11 +46,12 @@ def _escape_all(text: str) -> str:
 def render_slack(view: CallView) -> bytes:
     """The Slack message for ``view`` as compact JSON bytes (deterministic)."""
     line = headline(view)
-    summary = line.removeprefix(kind(view))  # bold the kind, escape the rest
+    title = kind(view)
+    summary = line.removeprefix(title)  # bold the kind, escape the rest
     blocks: list[dict[str, Any]] = [
         {
             "type": "section",
-            "text": {"type": "mrkdwn", "text": escape(f"*{kind(view)}*{summary}")},
+            "text": {"type": "mrkdwn", "text": escape(f"*{title}*{summary}")},
         }
     ]
     fields = [
