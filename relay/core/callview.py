@@ -60,6 +60,8 @@ _DIRECTIONS: dict[str, Direction] = {
 _TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}")
 _EXTENSION_ONLY = re.compile(r"x?(\d{1,6})", re.IGNORECASE)
 _DIGITS = re.compile(r"\d{1,12}")
+_SIXTY = {f"{n:02d}": n for n in range(60)}  # "00".."59" -> seconds, a lookup cheaper than int()
+_MINUTES = {f"{n:02d}": 60 * n for n in range(60)}
 # Parties are cached by what the record wrote; longer texts (a hostile 5,000-character name)
 # are computed every time rather than held.
 _CACHED_PARTY_TEXT = 256
@@ -253,9 +255,13 @@ assert set(_LAZY) == set(_VIEW_FIELDS)  # a new CallView field needs its lazy tw
 
 
 def _roles(record: Mapping[str, Any]) -> tuple[Direction, str | None, bool, bool]:
-    direction = _DIRECTIONS.get(_text(record.get("direction")).upper(), "unknown")
-    disposition = _text(record.get("disposition")) or None
+    raw = record.get("direction")
+    direction = _DIRECTIONS.get((raw.strip() if isinstance(raw, str) else _text(raw)).upper())
+    raw = record.get("disposition")
+    disposition = (raw.strip() if isinstance(raw, str) else _text(raw)) or None
     answered = disposition is not None and disposition.upper() == "ANSWERED"
+    if direction is None:
+        return "unknown", disposition, answered, False
     return direction, disposition, answered, direction == "inbound" and not answered
 
 
@@ -284,32 +290,31 @@ def _party(
     name: object,
     region: str | None,
 ) -> Party:
-    written = _text(number) or None
-    ext = _text(extension) or None
-    label = _text(name) or None
-    size = len(written or "") + len(ext or "") + len(label or "")
-    if size > _CACHED_PARTY_TEXT:
+    # Strings inline (the common case), anything else through _text.
+    written = number.strip() if isinstance(number, str) else _text(number)
+    ext = extension.strip() if isinstance(extension, str) else _text(extension)
+    label = name.strip() if isinstance(name, str) else _text(name)
+    if len(written) + len(ext) + len(label) > _CACHED_PARTY_TEXT:
         return _make_party(side, written, ext, label, region)
     return _cached_party(side, written, ext, label, region)
 
 
 def _make_party(
-    side: Literal["inside", "outside"],
-    written: str | None,
-    ext: str | None,
-    name: str | None,
-    region: str | None,
+    side: Literal["inside", "outside"], number: str, extension: str, name: str, region: str | None
 ) -> Party:
+    written = number or None
+    ext = extension or None
+    label = name or None
     if ext is not None and not _DIGITS.fullmatch(ext):
         ext = None  # an extension is digits; anything else is noise we do not invent meaning for
     parsed = parse_number(written, region) if written else None
     if parsed is not None:
         e164, split_ext = parsed
-        return Party(side, e164, ext or split_ext, name, True, written)
+        return Party(side, e164, ext or split_ext, label, True, written)
     if written is not None and (short := _EXTENSION_ONLY.fullmatch(written)):
         # Internal calls name the other side by extension only: "3204" is x3204, not +13204.
-        return Party(side, None, ext or short.group(1), name, False, written)
-    return Party(side, written, ext, name, False, written)
+        return Party(side, None, ext or short.group(1), label, False, written)
+    return Party(side, written, ext, label, False, written)
 
 
 # Pure and immutable, so caching changes only the cost: a PBX's own lines are on every call.
@@ -331,11 +336,11 @@ def _start(value: object, tz: ZoneInfo) -> tuple[str, int] | None:
     if not isinstance(value, str) or not _TIMESTAMP.fullmatch(value):
         return None
     if value.isascii() and (hour := _hour(value[:13], tz)) is not None:
-        minute, second = int(value[14:16]), int(value[17:19])
-        if minute > 59 or second > 59:
+        minute, second = _MINUTES.get(value[14:16]), _SIXTY.get(value[17:19])
+        if minute is None or second is None:
             return None  # what fromisoformat says about 20:61:00
         suffix, epoch = hour
-        return f"{value[:10]}T{value[11:]}{suffix}", (epoch + 60 * minute + second) * 1000
+        return f"{value[:10]}T{value[11:]}{suffix}", (epoch + minute + second) * 1000
     return _exact_start(value, tz)
 
 
