@@ -19,12 +19,21 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from bench import cluster, delivery, many_idle, plots, polling, procs, report
+from bench import cluster, delivery, formats, many_idle, plots, polling, procs, report
 from bench.ctx import Ctx
 from bench.plan import FULL, SMOKE
 from relay.sim.simulator import SimulatedWebFones
 
-PHASES = ("throughput", "isolation", "idle", "backlog", "ingest", "latency", "cluster")
+PHASES = (
+    "throughput",
+    "isolation",
+    "idle",
+    "backlog",
+    "ingest",
+    "latency",
+    "cluster",
+    "formats",
+)
 ANALYSIS = os.path.join(os.path.dirname(__file__), "analysis.md")
 
 
@@ -44,6 +53,7 @@ async def run(ctx: Ctx, only: set[str]) -> dict[str, float]:
     keys = polling.upstream_keys(ctx.sizes.reps)
     keys[delivery.UPSTREAM_KEY] = "quiet"
     keys.update(cluster.upstream_keys())
+    keys.update(formats.upstream_keys())
     sim = SimulatedWebFones(keys, seed=3)
     upstream = await sim.start()
     try:
@@ -73,6 +83,9 @@ async def run(ctx: Ctx, only: set[str]) -> dict[str, float]:
         if "cluster" in only:
             async with timed(timings, "cluster"):
                 await cluster.postgres(ctx, sim, upstream)
+        if "formats" in only:
+            async with timed(timings, "formats"):
+                await formats.formats(ctx, sim, upstream)
     finally:
         await sim.stop()
     return timings

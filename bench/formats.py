@@ -1,162 +1,152 @@
-"""One-off measurement (issue 10): what a payload format and a filter cost.
+"""(9) What a payload format and a filter cost, each against the default in the same run.
 
-    python -m bench.formats [--deliveries N] [--reps R]
+- **Format.** The real relay (the ``relay`` job of (1)) delivering N calls to 1 subscriber, 16 in
+  flight: ``format: envelope`` (the stored body, sent as it is) against ``format: slack``
+  (rendered from the stored record on every attempt: JSON parse, call view, message, JSON), in
+  interleaved pairs. The calls are *fresh* (:func:`bench.worker.record_chunks`): every one from
+  a caller never seen before and one second after the last, so the call view's caches hold
+  nothing a real stream would not give them; the time zone is one with DST.
+- **Filter.** One upstream response of N records for 10 subscribers, timed as in (4) from the
+  whole response's arrival to the last ingest commit: no filter against
+  ``filter: {call.missed: true}`` on one subscriber (a missed-calls channel), in interleaved
+  pairs. The filter runs in the poller before the ingest transaction, and a filtered-out record
+  turns that record's fan-out into a per-record list, so both costs are inside the figure.
 
-1. Delivery throughput of the real relay, the bench's own ``relay`` job (as in measure (1)):
-   the default envelope against ``format: slack`` (rendered from the stored record on every
-   attempt), in alternating runs, 1 subscriber, 16 in flight.
-2. Ingest preparation per record, in process: the envelope body alone (today's path), and with
-   routing through a record-field filter and through a call-view filter (E.164 parsing).
-3. The ingest transaction of the same records for 10 subscribers: all to everyone (the set-based
-   fan-out) against per-record subscriber lists (about half the subscribers each).
-
-Not part of ``python -m bench``: the filter runs in the poller, which the delivery runs bypass
-(they fill the state by direct ingest), so (2) and (3) measure it on its own.
+``python -m bench.formats`` runs just this phase (``python -m bench --only formats``).
 """
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import os
-import statistics
-import tempfile
-import time
+import sys
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from bench import procs
+from bench.ctx import Ctx, Row, drop_state, fmt
 from bench.delivery import UPSTREAM_KEY
 from bench.plan import relay_settings
-from bench.worker import ACCOUNT, record_chunks, templates
-from relay.config.schema import Settings
-from relay.core.envelope import build_body
-from relay.core.models import CallRecord, IngestBatch
-from relay.ingest.routing import Router
+from bench.polling import upstream_ts
+from bench.stats import summarize
 from relay.sim.simulator import SimulatedWebFones
-from relay.store.sqlite.store import SqliteStore
 
-SLACK = {"format": "slack"}
-MISSED_FIELDS = {"direction": "INCOMING", "disposition": {"$ne": "ANSWERED"}}
-MISSED_VIEW = {"call.missed": True, "call.caller.number": {"$startsWith": "+1555"}}
+FILTER_KEY = "bench-filter-key-0001"
+SUBSCRIBERS = 10
+TIMEZONE = "America/New_York"
+SLACK: dict[str, Any] = {"format": "slack"}
+MISSED: dict[str, Any] = {"filter": {"call.missed": True}}
 
 
-async def relay_rate(
-    upstream: str, url: str, total: int, extra: dict[str, Any], scratch: str, logs: str
-) -> float:
-    state = os.path.join(scratch, f"fmt-{time.monotonic_ns()}.db")
-    settings = relay_settings(state, upstream, UPSTREAM_KEY, [("s0", f"{url}/s0")])
-    for sub in settings["subscribers"]:
-        sub.update(extra)
+def upstream_keys() -> dict[str, str]:
+    """The simulated accounts this phase needs beside the others."""
+    return {FILTER_KEY: "filter"}
+
+
+async def _delivery_rate(ctx: Ctx, upstream: str, url: str, extra: dict[str, Any]) -> float:
+    sz = ctx.sizes
+    state = ctx.state("fmt")
+    settings = relay_settings(
+        state,
+        upstream,
+        UPSTREAM_KEY,
+        [("s0", f"{url}/s0")],
+        max_in_flight=sz.concurrency,
+        upstream={"timezone": TIMEZONE},
+    )
+    settings["subscribers"][0].update(extra)
     job = {
         "kind": "relay",
         "settings": settings,
-        "fill": {"records": total, "subscribers": ["s0"]},
-        "goal": {"delivered": total},
+        "fill": {"records": sz.deliveries, "subscribers": ["s0"], "fresh": True},
+        "goal": {"delivered": sz.deliveries},
         "log_level": "WARNING",
         "max_seconds": 120,
     }
     try:
-        result = await procs.run_job("relay", job, logs, 180)
+        result = await procs.run_job("relay-format", job, ctx.logs, 180)
     finally:
-        for suffix in ("", "-wal", "-shm", ".lock"):
-            if os.path.exists(state + suffix):
-                os.unlink(state + suffix)
+        drop_state(state)
     if result["t_done"] is None:
-        raise RuntimeError(f"relay delivered {result['delivered']} of {total} in time")
-    return float(total / (result["t_done"] - result["t_started"]))
+        raise RuntimeError(f"format run delivered {result['delivered']} of {sz.deliveries}")
+    return float(sz.deliveries / (result["t_done"] - result["t_started"]))
 
 
-async def throughput(deliveries: int, reps: int, scratch: str, logs: str) -> None:
-    sim = SimulatedWebFones({UPSTREAM_KEY: "quiet"}, seed=3)
-    upstream = await sim.start()
-    runs: dict[str, list[float]] = {"envelope": [], "slack": []}
+async def _ingest_rate(ctx: Ctx, upstream: str, url: str, extra: dict[str, Any]) -> float:
+    n = ctx.sizes.filter_records
+    state = ctx.state("filter")
+    subs = [(f"s{i}", f"{url}/s{i}") for i in range(SUBSCRIBERS)]
+    settings = relay_settings(
+        state, upstream, FILTER_KEY, subs, max_in_flight=4,
+        upstream={"start_from": upstream_ts(86400), "timezone": TIMEZONE},
+    )  # fmt: skip
+    settings["subscribers"][0].update(extra)
+    job = {"kind": "relay", "settings": settings, "goal": {"ingested": n}, "max_seconds": 120}
     try:
-        async with procs.fast_receiver(logs) as rx:
-            for rep in range(reps):
-                order = [("envelope", {}), ("slack", SLACK)]
-                for name, extra in order if rep % 2 == 0 else reversed(order):
-                    rate = await relay_rate(upstream, rx.url, deliveries, extra, scratch, logs)
-                    runs[name].append(rate)
+        res = await procs.run_job("relay-filter", job, ctx.logs, 180)
     finally:
-        await sim.stop()
-    env, slack = statistics.median(runs["envelope"]), statistics.median(runs["slack"])
-    print(f"(1) {deliveries:,} deliveries x {reps}: envelope {env:,.0f}/s, slack {slack:,.0f}/s,")
-    print(f"    ratio {slack / env:.2f}  (runs: {runs})")
+        drop_state(state)
+    if res["t_done"] is None:
+        raise RuntimeError(f"filter run: {res['ingests']} in time")
+    big = max(res["responses"], key=lambda r: r["bytes"])
+    end = max(i["end"] for i in res["ingests"])
+    return float(n / (end - big["at"]))
 
 
-def _settings(filter_spec: dict[str, Any] | None) -> Settings:
-    subs = [
-        {"name": f"s{i}", "url": "http://127.0.0.1:9/x", "secret": "whsec_" + "QUFB" * 8}
-        for i in range(10)
-    ]
-    if filter_spec is not None:
-        subs[0]["filter"] = filter_spec
-    doc = {"upstream": {"accounts": [{"name": ACCOUNT, "api_key": "k"}]}, "subscribers": subs}
-    return Settings.model_validate(doc)
-
-
-def preparation(n: int) -> None:
-    base = templates()
-    records = [dict(base[i % len(base)], rid=i) for i in range(n)]
-    tz = ZoneInfo("UTC")
-    results = {}
-    for label, spec in (
-        ("envelope only", None),
-        ("+ field filter", MISSED_FIELDS),
-        ("+ call-view filter", MISSED_VIEW),
+async def formats(ctx: Ctx, sim: SimulatedWebFones, upstream: str) -> None:
+    """(9) The two pairs of measurements, and their rows."""
+    sz = ctx.sizes
+    for _ in range(sz.filter_records):
+        sim.add_record(FILTER_KEY)
+    runs: dict[str, list[float]] = {"envelope": [], "slack": [], "none": [], "missed": []}
+    async with procs.fast_receiver(ctx.logs) as rx:
+        for rep in range(sz.format_reps):
+            # Alternate the order so that drift in the machine's load favours neither side.
+            pair = [("envelope", {}), ("slack", SLACK)]
+            for name, extra in pair if rep % 2 == 0 else reversed(pair):
+                runs[name].append(await _delivery_rate(ctx, upstream, rx.url, extra))
+    async with procs.bench_receiver("hang", 1, ctx.logs) as hole:
+        for rep in range(sz.format_reps):
+            pair = [("none", {}), ("missed", MISSED)]
+            for name, extra in pair if rep % 2 == 0 else reversed(pair):
+                runs[name].append(await _ingest_rate(ctx, upstream, hole[0], extra))
+    ctx.data["formats"] = runs
+    for measure, cost, base, unit in (
+        (
+            f"format slack vs envelope, 1 subscriber, {sz.deliveries:,} deliveries",
+            "slack",
+            "envelope",
+            "/s",
+        ),
+        (
+            f"filter on call.missed vs none, ingest of {sz.filter_records:,} records "
+            f"for {SUBSCRIBERS} subscribers",
+            "missed",
+            "none",
+            " records/s",
+        ),
     ):
-        settings = _settings(spec)
-        router = Router(ACCOUNT, settings.subscribers, tz, "US")
-        started = time.perf_counter()
-        for rec in records:
-            build_body(ACCOUNT, 0.0, rec)
-            if router.filtering:
-                router.route(rec)
-        results[label] = (time.perf_counter() - started) / n * 1e6
-    base_us = results["envelope only"]
-    print(f"(2) per record, {n:,} records:")
-    for label, us in results.items():
-        print(f"    {label:<20} {us:6.1f} µs  ({us / base_us:.2f}x)")
-
-
-async def ingest_cost(n: int, scratch: str) -> None:
-    names = [f"s{i}" for i in range(10)]
-    [plain] = list(record_chunks(n, n, 0.0))
-    routed = [
-        CallRecord(
-            r.rid, r.call_ts, r.body, tuple(s for j, s in enumerate(names) if (r.rid + j) % 2)
+        ratios = summarize([x / y for x, y in zip(runs[cost], runs[base], strict=True)])
+        ctx.add(
+            "formats",
+            Row(
+                measure,
+                "ratio ≥ 0.90",
+                f"{fmt(summarize(runs[cost]), unit)}; ratio {fmt(ratios, digits=2)}",
+                f"{base}: {fmt(summarize(runs[base]), unit)}",
+                ctx.check(ratios.median >= 0.90),
+            ),
         )
-        for r in plain
-    ]
-    out = {}
-    for label, records in (("every subscriber", plain), ("per-record lists", routed)):
-        store = SqliteStore(os.path.join(scratch, f"ingest-{label[:5]}.db"))
-        await store.open()
-        try:
-            started = time.perf_counter()
-            await store.ingest(IngestBatch(ACCOUNT, records, names, time.time(), None))
-            out[label] = time.perf_counter() - started
-        finally:
-            await store.close()
-    print(f"(3) ingest of {n:,} records x 10 subscribers (one transaction):")
-    for label, seconds in out.items():
-        print(f"    {label:<18} {seconds * 1000:7.0f} ms  ({n / seconds:,.0f} records/s)")
+    ctx.note(
+        "formats",
+        f"{sz.format_reps} interleaved pairs each. Format runs: every call from a new caller "
+        f"(nothing cached), time zone {TIMEZONE}; the body is rendered on every attempt from "
+        "the stored record. Filter runs: one subscriber of "
+        f"{SUBSCRIBERS} has the filter; the others take every call.",
+    )
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.formats")
-    parser.add_argument("--deliveries", type=int, default=20_000)
-    parser.add_argument("--reps", type=int, default=3)
-    args = parser.parse_args()
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    logs = os.path.join(root, "bench", "out", "logs")
-    os.makedirs(logs, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="relay-bench-fmt-") as scratch:
-        preparation(20_000)
-        asyncio.run(ingest_cost(20_000, scratch))
-        asyncio.run(throughput(args.deliveries, args.reps, scratch, logs))
-    return 0
+    from bench.__main__ import main as bench_main
+
+    return bench_main(["--only", "formats", *sys.argv[1:]])
 
 
 if __name__ == "__main__":

@@ -81,6 +81,8 @@ class Sizes:
     throughput_reps: int  # (1) pairs of headline runs (the sweep runs `reps` times)
     cluster_deliveries: int = 20_000  # (8) deliveries per PostgreSQL/SQLite throughput run
     cluster_reps: int = 3  # (8) rounds of SQLite, PostgreSQL x1 and x3
+    format_reps: int = 5  # (9) pairs of runs for each of format and filter
+    filter_records: int = 50_000  # (9) records in the one upstream response of a filter run
 
 
 FULL = Sizes(
@@ -102,6 +104,8 @@ FULL = Sizes(
     isolation=30_000,
     isolation_reps=5,
     throughput_reps=5,
+    format_reps=5,
+    filter_records=50_000,
 )
 
 SMOKE = Sizes(
@@ -125,4 +129,6 @@ SMOKE = Sizes(
     throughput_reps=1,
     cluster_deliveries=600,
     cluster_reps=1,
+    format_reps=1,
+    filter_records=1_000,
 )

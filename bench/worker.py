@@ -26,6 +26,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
@@ -38,6 +39,7 @@ from relay.store.sqlite.store import SqliteStore
 ACCOUNT = "bench"
 RID0 = 10_000_000
 TEMPLATES = 512  # distinct simulated records, cycled with fresh rids
+FRESH_T0 = datetime(2026, 3, 8, 0, 0, 0)  # fresh records cross a DST change (America/New_York)
 
 
 def emit(event: str, **fields: Any) -> None:
@@ -77,12 +79,13 @@ def templates(seed: int = 1) -> list[dict[str, Any]]:
 
 
 def record_chunks(
-    n: int, chunk: int, received_at: float, rid0: int = RID0
+    n: int, chunk: int, received_at: float, rid0: int = RID0, fresh: bool = False
 ) -> Iterator[list[CallRecord]]:
     """``n`` call records with envelope bodies as the poller builds them, ``chunk`` at a time.
 
     Deterministic: the same ``n`` always gives the same bodies (the bare baseline sends the very
-    bodies the relay delivers).
+    bodies the relay delivers). ``fresh``: every call from a caller never seen before, one
+    second after the previous call, so no cache of the call view is warm for a format to lean on.
     """
     base = templates()
     for start in range(0, n, chunk):
@@ -90,6 +93,11 @@ def record_chunks(
         for i in range(start, min(n, start + chunk)):
             rec = dict(base[i % TEMPLATES])
             rec["rid"] = rid0 + i
+            if fresh:
+                rec["call_timestamp"] = (FRESH_T0 + timedelta(seconds=i)).isoformat(" ")
+                if rec.get("cidnumber_outside", "").startswith("("):  # not an extension
+                    area = 200 + i * 7919 % 800
+                    rec["cidnumber_outside"] = f"({area}) {i // 10000 % 1000:03d}-{i % 10000:04d}"
             out.append(CallRecord(rid0 + i, rec["call_timestamp"], build_body(ACCOUNT, 0.0, rec)))
         yield out
 
@@ -98,11 +106,13 @@ def bodies(n: int) -> list[bytes]:
     return [r.body for chunk in record_chunks(n, 10_000, 0.0) for r in chunk]
 
 
-async def fill(store: SqliteStore, n: int, subscribers: Sequence[str], chunk: int) -> float:
+async def fill(
+    store: SqliteStore, n: int, subscribers: Sequence[str], chunk: int, fresh: bool = False
+) -> float:
     """Queue ``n`` records for every one of ``subscribers``; returns seconds taken."""
     started = time.perf_counter()
     at = time.time() - 1.0  # due already
-    for records in record_chunks(n, chunk, at):
+    for records in record_chunks(n, chunk, at, fresh=fresh):
         await store.ingest(IngestBatch(ACCOUNT, records, list(subscribers), at, None))
     return time.perf_counter() - started
 
@@ -231,7 +241,8 @@ async def relay_job(job: dict[str, Any]) -> None:
         plain = SqliteStore(settings.state)
         await plain.open()
         try:
-            await fill(plain, fill_spec["records"], fill_spec["subscribers"], 20_000)
+            subs, fresh = fill_spec["subscribers"], fill_spec.get("fresh", False)
+            await fill(plain, fill_spec["records"], subs, 20_000, fresh)
         finally:
             await plain.close()
     _time_responses(tracker)

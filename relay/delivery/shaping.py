@@ -18,7 +18,7 @@ import orjson
 
 from relay.core.callview import call_view
 from relay.core.errors import RenderError
-from relay.core.formats import EnvelopeFields, FormatSpec, render
+from relay.core.formats import CHAT_RENDERERS, EnvelopeFields, FormatSpec, render
 from relay.core.formats.common import dumps
 
 
@@ -28,6 +28,7 @@ class Shaper:
     def __init__(self, spec: FormatSpec, tz: ZoneInfo, region: str | None) -> None:
         self.spec = spec
         self.passthrough = spec.name == "envelope"
+        self._chat = CHAT_RENDERERS.get(spec.name)
         self._tz = tz
         self._region = region
 
@@ -43,12 +44,15 @@ class Shaper:
         if self.spec.name == "record":
             return dumps(record)  # what render() does for it, without a call view it ignores
         account = envelope.get("account", account)
+        account = account if isinstance(account, str) else str(account)
+        view = call_view(record, account, self._tz, self._region)
+        if self._chat is not None:
+            return self._chat(view)  # what render() does, without envelope fields it ignores
         fields: EnvelopeFields = {
-            "account": account if isinstance(account, str) else str(account),
+            "account": account,
             "received_at": _received_at(envelope.get("timestamp")),
             "webhook_id": msg_id,
         }
-        view = call_view(record, fields["account"], self._tz, self._region)
         return render(self.spec, record, view, fields)
 
 

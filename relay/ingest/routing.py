@@ -2,18 +2,19 @@
 
 The decision is made before the ingest transaction and travels with the record
 (``CallRecord.subscribers``), so a filtered-out record never gets a delivery. Filters over record
-fields alone cost only their own comparisons: the call view (phone-number parsing is its dear
-part) is computed on first use by a filter that reads ``call.…``, once per record.
+fields alone cost only their own comparisons; one that reads ``call.…`` gets a
+:class:`~relay.core.callview.LazyCallView`, which computes only the fields read (``call.missed``
+parses no phone number), once per record.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from relay.config.schema import SubscriberSettings
-from relay.core.callview import call_view
+from relay.core.callview import LazyCallView
 from relay.core.filters import MATCH_ALL, Filter
 
 
@@ -43,37 +44,8 @@ class Router:
     def route(self, record: dict[str, Any]) -> tuple[str, ...] | None:
         """The subscribers whose filters ``record`` passes, or None when that is all of them
         (the store's fast fan-out)."""
-        view = _LazyView(record, self._account, self._tz, self._region)
-        failed = {name for name, test in self._filters if not test.matches(record, view)}
+        view = LazyCallView(record, self._account, self._tz, self._region)
+        failed = [name for name, test in self._filters if not test.matches(record, view)]
         if not failed:
             return None
         return tuple(name for name in self._names if name not in failed)
-
-
-class _LazyView(Mapping[str, Any]):
-    """The call view of one record as a mapping, computed when a filter first reads it."""
-
-    __slots__ = ("_account", "_record", "_region", "_tz", "_view")
-
-    def __init__(
-        self, record: dict[str, Any], account: str, tz: ZoneInfo, region: str | None
-    ) -> None:
-        self._record = record
-        self._account = account
-        self._tz = tz
-        self._region = region
-        self._view: dict[str, Any] | None = None
-
-    def _get(self) -> dict[str, Any]:
-        if self._view is None:
-            self._view = call_view(self._record, self._account, self._tz, self._region).as_dict()
-        return self._view
-
-    def __getitem__(self, key: str) -> Any:
-        return self._get()[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._get())
-
-    def __len__(self) -> int:
-        return len(self._get())

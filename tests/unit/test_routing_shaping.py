@@ -60,7 +60,7 @@ def test_a_field_filter_never_computes_the_call_view(monkeypatch) -> None:
     def fail(*args: object) -> None:
         raise AssertionError("call view computed for a filter over record fields")
 
-    monkeypatch.setattr(routing, "call_view", fail)
+    monkeypatch.setattr(routing.LazyCallView, "__getitem__", fail)
     settings = subscribers(missed={"direction": "INCOMING", "disposition": {"$ne": "ANSWERED"}})
     router = Router("acme", settings.subscribers, UTC, "US")
     assert router.route({"direction": "OUTGOING"}) == ("all",)

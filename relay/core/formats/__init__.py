@@ -14,7 +14,7 @@ receiver still sees one byte-identical body (and one signature input) per delive
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, NotRequired, TypedDict, get_args
 from zoneinfo import ZoneInfo
@@ -36,8 +36,15 @@ from relay.core.formats.template import (
 
 FormatName = Literal["envelope", "record", "slack", "teams", "discord", "template"]
 FORMATS: tuple[str, ...] = get_args(FormatName)
+# The chat formats need only the call view (no envelope fields): what render() calls for them.
+CHAT_RENDERERS: dict[str, Callable[[CallView], bytes]] = {
+    "slack": render_slack,
+    "teams": render_teams,
+    "discord": render_discord,
+}
 
 __all__ = [
+    "CHAT_RENDERERS",
     "DEFAULT_MAX_BYTES",
     "FORMATS",
     "SAMPLE_RECORD",
@@ -114,12 +121,8 @@ def render(
         return build_body(envelope_fields["account"], envelope_fields["received_at"], record)
     if spec.name == "record":
         return dumps(record if isinstance(record, dict) else dict(record))
-    if spec.name == "slack":
-        return render_slack(view)
-    if spec.name == "teams":
-        return render_teams(view)
-    if spec.name == "discord":
-        return render_discord(view)
+    if (chat := CHAT_RENDERERS.get(spec.name)) is not None:
+        return chat(view)
     if spec.template is None:
         raise RenderError("format template without a compiled template")
     return render_template(spec.template, record, view, envelope_fields)

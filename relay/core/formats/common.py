@@ -2,6 +2,10 @@
 
 Slack, Teams and Discord show the same information in their own shapes; it is computed here
 once so they cannot drift apart. Everything is pure and deterministic: same call view, same text.
+
+These run for every delivery of a chat format, so the common case is kept cheap without changing
+a byte: text without control characters skips the regex, and a party's texts are cached (our own
+lines and repeat callers come back on call after call; :class:`Party` is immutable).
 """
 
 from __future__ import annotations
@@ -9,7 +13,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -36,6 +40,8 @@ def dumps(value: Any) -> bytes:
 def clean(text: str) -> str:
     """One line of text: control characters and line breaks become single spaces, so a caller
     name cannot start a Markdown heading or a list on a new line."""
+    if text.isprintable():  # no Cc, Zl or Zp character: the regex would find nothing
+        return text.strip()
     return _CONTROL.sub(" ", text).strip()
 
 
@@ -79,15 +85,56 @@ def mmss(seconds: int | None) -> str | None:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
+_KINDS = {"inbound": "Incoming call", "outbound": "Outgoing call", "internal": "Internal call"}
+
+
+class Summary(NamedTuple):
+    """What every chat format shows: the kind (``Missed call``), the one-line headline, the
+    label/value facts in display order (empty values left out) and the footer."""
+
+    kind: str
+    line: str
+    facts: list[tuple[str, str]]
+    footer: str
+
+
+def summary(view: CallView) -> Summary:
+    """The :class:`Summary` of ``view``, computed in one pass (it runs on every delivery)."""
+    caller_label, caller_number = _texts(view.caller)
+    callee_label, callee_number = _texts(view.callee)
+    title = "Missed call" if view.missed else _KINDS.get(view.direction, "Call")
+    disposition = clean(view.disposition) if view.disposition else ""
+    spoken = mmss(view.talk_seconds or view.duration or None)  # talk time, else the duration
+    line = f"{title} from {caller_label} → {callee_label}"
+    if when := view.start[11:16] if view.start else "":
+        line += f", {when}"  # the local wall-clock start, 20:54
+    # The status after the headline: "answered, 3:12", "voicemail", "busy"... A plain missed
+    # call (no answer) needs none: the headline says it.
+    said = disposition.lower()
+    if view.disposition and not (view.missed and said == "no answer"):
+        if view.answered and spoken:
+            said += f", {spoken}"
+        if said:
+            line += f" ({said})"
+    pairs = [
+        ("From", caller_number),
+        ("To", callee_number),
+        ("Direction", view.direction),
+        ("Status", disposition),
+        ("Duration", spoken or ""),
+        ("Started", view.start or ""),
+    ]
+    rid = f" · rid {view.rid}" if view.rid is not None else ""
+    return Summary(
+        title, line, [(label, value) for label, value in pairs if value], clean(view.account) + rid
+    )
+
+
 def kind(view: CallView) -> str:
     """``Missed call``, ``Incoming call``, ``Outgoing call``, ``Internal call`` or ``Call``."""
     if view.missed:
         return "Missed call"
-    return {
-        "inbound": "Incoming call",
-        "outbound": "Outgoing call",
-        "internal": "Internal call",
-    }.get(view.direction, "Call")
+    return _KINDS.get(view.direction, "Call")
 
 
 def talk_time(view: CallView) -> int | None:
@@ -102,47 +149,38 @@ def hhmm(view: CallView) -> str | None:
     return view.start[11:16] if view.start else None
 
 
-def status(view: CallView) -> str | None:
-    """What to say after the headline: ``answered, 3:12``, ``voicemail``, ``busy``…
-
-    A plain missed call (no answer) needs no status: the headline says it.
-    """
-    disposition = clean(view.disposition).lower() if view.disposition else None
-    if disposition is None or (view.missed and disposition == "no answer"):
-        return None
-    parts = [disposition]
-    if view.answered and (spoken := mmss(talk_time(view))):
-        parts.append(spoken)
-    return ", ".join(parts)
-
-
 def headline(view: CallView) -> str:
     """The one-liner, e.g. ``Missed call from B WHITTAKER (111) 111-1111 → x3203, 20:54``."""
-    text = f"{kind(view)} from {clean(view.caller.label())} → {clean(view.callee.label())}"
-    if when := hhmm(view):
-        text += f", {when}"
-    if said := status(view):
-        text += f" ({said})"
-    return text
+    return summary(view).line
 
 
 def facts(view: CallView) -> list[tuple[str, str]]:
     """Label/value pairs for a card or an embed, in display order; empty values left out."""
-    pairs = [
-        ("From", _number(view.caller)),
-        ("To", _number(view.callee)),
-        ("Direction", view.direction),
-        ("Status", clean(view.disposition) if view.disposition else ""),
-        ("Duration", mmss(talk_time(view)) or ""),
-        ("Started", view.start or ""),
-    ]
-    return [(label, value) for label, value in pairs if value]
+    return summary(view).facts
 
 
 def footer(view: CallView) -> str:
     """``acme · rid 211159``: where the call came from, for whoever has to look it up."""
-    rid = f" · rid {view.rid}" if view.rid is not None else ""
-    return clean(view.account) + rid
+    return summary(view).footer
+
+
+# Party -> its texts, by identity: parties come from the call view's cache, so the same object
+# comes back for our own lines and repeat callers; the entry holds the party, so its id cannot
+# be reused while the entry lives. Cleared when full (a bound, not an LRU: cheap to hit).
+_TEXTS: dict[int, tuple[Party, str, str]] = {}
+_TEXTS_MAX = 4096
+
+
+def _texts(party: Party) -> tuple[str, str]:
+    """A party's cleaned label and its number as a fact (``B WHITTAKER +15550177737 x12``)."""
+    hit = _TEXTS.get(id(party))
+    if hit is not None and hit[0] is party:
+        return hit[1], hit[2]
+    label, number = clean(party.label()), _number(party)
+    if len(_TEXTS) >= _TEXTS_MAX:
+        _TEXTS.clear()
+    _TEXTS[id(party)] = (party, label, number)
+    return label, number
 
 
 def _number(party: Party) -> str:

@@ -16,7 +16,7 @@ import re
 from typing import Any
 
 from relay.core.callview import CallView
-from relay.core.formats.common import clean, dumps, facts, fit, footer, headline, kind
+from relay.core.formats.common import clean, dumps, fit, summary
 
 CONTENT_LIMIT = 2000
 TITLE_LIMIT = 256
@@ -35,7 +35,10 @@ _MARKDOWN_RE = re.compile("[" + re.escape("".join(sorted(_MARKDOWN))) + "]")
 
 def escape(text: str, limit: int) -> str:
     """One line of ``text`` with Markdown escaped, cut to ``limit`` characters."""
-    return fit(clean(text), limit, _escape_char, _escape_all)
+    text = clean(text)
+    if len(text) <= limit and not _MARKDOWN_RE.search(text):
+        return text  # the common case: nothing to escape, nothing to cut
+    return fit(text, limit, _escape_char, _escape_all)
 
 
 def _escape_char(char: str) -> str:
@@ -48,10 +51,10 @@ def _escape_all(text: str) -> str:
 
 def render_discord(view: CallView) -> bytes:
     """The Discord webhook body for ``view`` as compact JSON bytes (deterministic)."""
-    line = headline(view)
+    title, line, pairs, foot = summary(view)
     color = COLOR_MISSED if view.missed else COLOR_ANSWERED if view.answered else COLOR_OTHER
     embed: dict[str, Any] = {
-        "title": escape(kind(view), TITLE_LIMIT),
+        "title": escape(title, TITLE_LIMIT),
         "description": escape(line, DESCRIPTION_LIMIT),
         "color": color,
         "fields": [
@@ -60,9 +63,9 @@ def render_discord(view: CallView) -> bytes:
                 "value": escape(value, FIELD_VALUE_LIMIT) or "-",
                 "inline": True,
             }
-            for label, value in facts(view)[:MAX_FIELDS]
+            for label, value in pairs[:MAX_FIELDS]
         ],
-        "footer": {"text": escape(footer(view), FOOTER_LIMIT) or "-"},
+        "footer": {"text": escape(foot, FOOTER_LIMIT) or "-"},
     }
     if view.start:
         embed["timestamp"] = view.start

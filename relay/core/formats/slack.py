@@ -15,10 +15,11 @@ cuts through an entity.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from relay.core.callview import CallView
-from relay.core.formats.common import dumps, facts, fit, footer, headline, kind
+from relay.core.formats.common import dumps, fit, summary
 
 TEXT_LIMIT = 3000  # section text, context text, and what we allow the fallback
 FIELD_LIMIT = 2000
@@ -29,6 +30,8 @@ _ESCAPES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
 
 def escape(text: str, limit: int = TEXT_LIMIT) -> str:
     """mrkdwn-escape ``text``, cut (with ``…``) so the escaped result fits ``limit``."""
+    if len(text) <= limit and "&" not in text and "<" not in text and ">" not in text:
+        return text  # the common case: nothing to escape, nothing to cut
     return fit(text, limit, _escape_char, _escape_all)
 
 
@@ -43,21 +46,47 @@ def _escape_all(text: str) -> str:
 
 def render_slack(view: CallView) -> bytes:
     """The Slack message for ``view`` as compact JSON bytes (deterministic)."""
-    line = headline(view)
-    summary = line.removeprefix(kind(view))  # bold the kind, escape the rest
+    title, line, pairs, foot = summary(view)
+    section = f"*{title}*{line.removeprefix(title)}"  # bold the kind, escape the rest
+    texts = [f"*{label}*\n{value}" for label, value in pairs[:MAX_FIELDS]]
+    # The common case, checked once for the whole message: nothing to escape, nothing to cut,
+    # so every escape() below would return its input.
+    whole = "".join((section, foot, *texts))
+    if (
+        "&" in whole
+        or "<" in whole
+        or ">" in whole
+        or max(len(section), len(foot)) > TEXT_LIMIT
+        or max(map(len, texts), default=0) > FIELD_LIMIT
+    ):
+        line, section, foot = escape(line), escape(section), escape(foot)
+        texts = [escape(text, FIELD_LIMIT) for text in texts]
+    elif (
+        texts
+        and _JSON_PLAIN.fullmatch(section + foot)
+        and _JSON_PLAIN.fullmatch("".join(texts).replace("\n", ""))
+    ):
+        # Nothing JSON must escape either (the only control character is the fields' own
+        # newline): the bytes orjson would write, without building the dicts.
+        fields = ",".join(_FIELD % text.replace("\n", "\\n") for text in texts)
+        try:
+            return (_MESSAGE % (line, section, fields, foot)).encode()
+        except UnicodeEncodeError:
+            pass  # a lone surrogate: dumps() knows what to do with it
     blocks: list[dict[str, Any]] = [
-        {
-            "type": "section",
-            "text": {"type": "mrkdwn", "text": escape(f"*{kind(view)}*{summary}")},
-        }
+        {"type": "section", "text": {"type": "mrkdwn", "text": section}},
     ]
-    fields = [
-        {"type": "mrkdwn", "text": escape(f"*{label}*\n{value}", FIELD_LIMIT)}
-        for label, value in facts(view)[:MAX_FIELDS]
-    ]
-    if fields:
-        blocks[0]["fields"] = fields
-    blocks.append(
-        {"type": "context", "elements": [{"type": "mrkdwn", "text": escape(footer(view))}]}
-    )
-    return dumps({"text": escape(line), "blocks": blocks[:MAX_BLOCKS]})
+    if texts:
+        blocks[0]["fields"] = [{"type": "mrkdwn", "text": text} for text in texts]
+    blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": foot}]})
+    return dumps({"text": line, "blocks": blocks[:MAX_BLOCKS]})
+
+
+# What dumps() writes for the message above when no text needs a JSON escape (checked by
+# tests/unit/test_formats_fast.py against dumps on awkward inputs).
+_JSON_PLAIN = re.compile(r'[^"\\\x00-\x1f]*')
+_FIELD = '{"type":"mrkdwn","text":"%s"}'
+_MESSAGE = (
+    '{"text":"%s","blocks":[{"type":"section","text":{"type":"mrkdwn","text":"%s"},'
+    '"fields":[%s]},{"type":"context","elements":[{"type":"mrkdwn","text":"%s"}]}]}'
+)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from relay.core.callview import CallView
-from relay.core.formats.common import clean, dumps, facts, footer, headline, truncate
+from relay.core.formats.common import clean, dumps, summary, truncate
 
 CONTENT_TYPE = "application/vnd.microsoft.card.adaptive"
 CARD_VERSION = "1.4"
@@ -30,17 +30,18 @@ def card_text(text: str, limit: int = TEXT_LIMIT) -> str:
 
 def render_teams(view: CallView) -> bytes:
     """The Workflows message for ``view`` as compact JSON bytes (deterministic)."""
+    _, line, pairs, foot = summary(view)
     body: list[dict[str, Any]] = [
         {
             "type": "TextBlock",
-            "text": card_text(headline(view)),
+            "text": card_text(line),
             "weight": "Bolder",
             "size": "Medium",
             "wrap": True,
             **({"color": "Attention"} if view.missed else {}),
         }
     ]
-    pairs = facts(view)[:MAX_FACTS]
+    pairs = pairs[:MAX_FACTS]
     if pairs:
         body.append(
             {
@@ -54,7 +55,7 @@ def render_teams(view: CallView) -> bytes:
     body.append(
         {
             "type": "TextBlock",
-            "text": card_text(footer(view)),
+            "text": card_text(foot),
             "isSubtle": True,
             "size": "Small",
             "wrap": True,

@@ -1,0 +1,62 @@
+"""The chat formats' shortcuts change only their cost, never a byte.
+
+Each shortcut is taken only when the slow path would do nothing (no escape, no cut, nothing JSON
+must escape); these tests feed both sides awkward text and check the bytes are what the plain
+path writes: ``dumps`` of the same structure, and the escaped/cut text of the slow helpers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from relay.core.callview import call_view
+from relay.core.formats import CHAT_RENDERERS, FormatSpec, render
+from relay.core.formats.common import clean, dumps
+from relay.core.formats.common import fit as slow_fit
+from relay.core.formats.discord import _escape_all as discord_all
+from relay.core.formats.discord import _escape_char as discord_char
+from relay.core.formats.discord import escape as discord_escape
+from relay.core.formats.slack import _escape_all as slack_all
+from relay.core.formats.slack import _escape_char as slack_char
+from relay.core.formats.slack import escape as slack_escape
+
+NY = ZoneInfo("America/New_York")
+NASTY = st.sampled_from(['"', "\\", "\n", "\x00", "\x7f", "\u2028", "&", "<", ">", "*", "é", "😀"])
+TEXT = st.lists(st.one_of(NASTY, st.text(max_size=5)), max_size=12).map("".join)
+
+
+@st.composite
+def records(draw: st.DrawFn) -> dict[str, Any]:
+    return {
+        "rid": draw(st.integers(0, 10**9)),
+        "call_timestamp": draw(st.sampled_from(["2025-07-01 20:54:53", "", "2025-03-09 02:30:00"])),
+        "cidname_outside": draw(st.one_of(TEXT, st.sampled_from(["B WHITTAKER", "x" * 2500]))),
+        "cidext_inside": draw(st.sampled_from(["3203", "", "7"])),
+        "direction": draw(st.sampled_from(["INCOMING", "OUTGOING", "INTERNAL", "?"])),
+        "cidnumber_outside": draw(st.one_of(TEXT, st.sampled_from(["(555) 017-7737", "3204"]))),
+        "cidnumber_inside": "(555) 010-1000, x3203",
+        "disposition": draw(st.one_of(TEXT, st.sampled_from(["ANSWERED", "NO ANSWER"]))),
+        "duration": draw(st.integers(0, 5000)),
+        "billsec": draw(st.integers(0, 5000)),
+    }
+
+
+@settings(max_examples=300, deadline=None)
+@given(records(), st.sampled_from(sorted(CHAT_RENDERERS)), TEXT)
+def test_chat_bytes_are_what_dumps_writes(record: dict[str, Any], name: str, account: str) -> None:
+    view = call_view(record, account or "acme", NY, "US")
+    body = CHAT_RENDERERS[name](view)
+    assert body == dumps(orjson.loads(body))  # the compact bytes of the structure sent
+    assert body == render(FormatSpec(name), record, view, {"account": "x", "received_at": 0.0})
+
+
+@settings(max_examples=500, deadline=None)
+@given(TEXT, st.integers(0, 40))
+def test_escape_shortcuts_match_the_slow_path(text: str, limit: int) -> None:
+    assert slack_escape(text, limit) == slow_fit(text, limit, slack_char, slack_all)
+    assert discord_escape(text, limit) == slow_fit(clean(text), limit, discord_char, discord_all)
