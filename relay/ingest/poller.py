@@ -18,19 +18,16 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import hashlib
 import logging
 import random
 import time
 from array import array
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
-
-import orjson
 
 from relay.config.schema import AccountSettings, Settings
 from relay.core.aio import unless_stopped, wait_or_stop
@@ -55,9 +52,11 @@ from relay.core.window import (
     skew_limit,
     validate_records,
 )
+from relay.ingest.announce import announce_new, warn_odd_stamps
 from relay.ingest.body import NON_FINITE, FetchResult, StreamAbandoned, StreamedBody
 from relay.ingest.budget import KeyBudget
 from relay.ingest.lease import AccountLease, LeaseLost
+from relay.ingest.rejects import Reject, Rejects
 from relay.ingest.routing import Router
 from relay.ingest.upstream import Credentials, WebFonesClient
 from relay.store.base import Store
@@ -68,17 +67,11 @@ AUTH_RETRY = 900.0  # a rejected key is tried again every 15 minutes, in case it
 RATE_LIMIT_PAUSE = 60.0  # a 429 without Retry-After pauses the key this long
 BACKOFF_CAP = 300.0
 PRUNE_MARGIN = 3600.0  # de-dup memory is kept this much longer than the look-back
-# Bad records remembered (by a hash of their bytes) so that one the upstream serves on every poll
-# is kept aside and logged once per run, not once per poll.
-QUARANTINE_MEMORY = 10_000
 # A large response is parsed SLICE_RECORDS records at a time (as Python objects, about 2 KB
 # each) and stored BATCH_RECORDS at a time (as webhook bodies, about 0.5 KB each), one transaction
 # per batch: only a slice ever exists as objects, and larger transactions are faster in total.
 SLICE_RECORDS = 1_000
 BATCH_RECORDS = 10_000
-# Of a record over upstream.max_record_bytes, this much is kept in quarantine: enough to see
-# what it is, without storing the megabytes that made it a problem.
-OVERSIZE_KEPT = 64 * 1024
 
 
 @dataclass(slots=True)
@@ -105,7 +98,7 @@ class _Batch:
     """Records validated and turned into bodies, to be stored in one transaction."""
 
     records: list[CallRecord] = field(default_factory=list)
-    fresh_invalid: list[tuple[Any, str, bytes, bytes]] = field(default_factory=list)
+    fresh_invalid: list[Reject] = field(default_factory=list)
     rids: set[int] = field(default_factory=set)  # valid rids, for a streamed response
 
 
@@ -147,7 +140,7 @@ class AccountPoller:
         # here, not from the current cursor, so a record written up to `lookback` behind the
         # newest record *when it appeared* is still caught however far the cursor moved since.
         self._anchor: str | None = None
-        self._quarantined: OrderedDict[bytes, None] = OrderedDict()
+        self._rejects = Rejects(self.name)
         self._status: tuple[str, str | None] | None = None
         self.polls = 0  # successful polls, for status and tests
         # On a shared store, only the holder of this lease polls the account (None: always us).
@@ -352,7 +345,7 @@ class AccountPoller:
         self._prepare(poll, result.records, batch, streamed=streamed)
         # Records the parser refused (a number beyond double range) are kept aside too.
         poll.received += len(result.rejected)
-        batch.fresh_invalid.extend(self._not_yet_quarantined(result.rejected))
+        batch.fresh_invalid.extend(self._rejects.fresh(result.rejected))
         _check_repeats(poll, batch)
         # A count above the records means the answer admits it is incomplete: store what came,
         # but keep the cursor, so that whatever is missing is asked for again.
@@ -405,12 +398,12 @@ class AccountPoller:
             if len(body) > limit:
                 # Every delivery of it would hold it in memory, and every receiver would get
                 # it: kept aside instead (its call_timestamp still moves the cursor past it).
-                batch.fresh_invalid.extend(self._oversized(v.record, body, limit))
+                batch.fresh_invalid.extend(self._rejects.oversized(v.record, body, limit))
             elif route is None:
                 batch.records.append(CallRecord(v.rid, v.call_ts, body))
             else:
                 batch.records.append(CallRecord(v.rid, v.call_ts, body, route(v.record)))
-        batch.fresh_invalid.extend(self._not_yet_quarantined(invalid))
+        batch.fresh_invalid.extend(self._rejects.fresh(invalid))
 
     async def _commit(self, poll: _Poll, batch: _Batch, cursor: str | None) -> None:
         """Store one batch in one transaction (``cursor`` None: leave the cursor as it is)."""
@@ -428,94 +421,16 @@ class AccountPoller:
             )
         )
         poll.stored.extend(batch.rids)
-        self._remember_quarantined(batch.fresh_invalid)
+        self._rejects.remember(batch.fresh_invalid)
         poll.new += len(outcome.new_rids)
         self.stats.ingested += len(outcome.new_rids)
         if poll.plan.seed_only or not outcome.new_rids:
             return
-        self._log_new(outcome.new_rids, batch.records)
-        self._log_odd_timestamps(outcome.new_rids, batch.records, poll.plan.since, poll.received_at)
+        announce_new(self.name, self._subscribers, outcome.new_rids, batch.records)
+        limit = skew_limit(poll.received_at, self._tz, self._settings.upstream.max_clock_skew)
+        warn_odd_stamps(self.name, outcome.new_rids, batch.records, poll.plan.since, limit)
         if self._subscribers:
             self._notify(self._subscribers)
-
-    def _not_yet_quarantined(
-        self, invalid: list[tuple[Any, str]]
-    ) -> list[tuple[Any, str, bytes, bytes]]:
-        """The rejects not kept aside before in this run: (record, reason, bytes, digest)."""
-        fresh = []
-        for raw, reason in invalid:
-            data = _raw(raw)
-            key = hashlib.blake2b(data, digest_size=16).digest()
-            if key not in self._quarantined:
-                fresh.append((raw, reason, data, key))
-        return fresh
-
-    def _oversized(
-        self, record: Any, body: bytes, limit: int
-    ) -> list[tuple[Any, str, bytes, bytes]]:
-        """A record too large to deliver, as a reject (unless kept aside before in this run);
-        its first :data:`OVERSIZE_KEPT` bytes are what quarantine keeps."""
-        key = hashlib.blake2b(body, digest_size=16).digest()
-        if key in self._quarantined:
-            return []
-        reason = (
-            f"record is {len(body)} bytes as a webhook body, over upstream.max_record_bytes "
-            f"({limit}); its first {OVERSIZE_KEPT} bytes are kept"
-        )
-        return [(record, reason, _raw(record)[:OVERSIZE_KEPT], key)]
-
-    def _remember_quarantined(self, fresh: list[tuple[Any, str, bytes, bytes]]) -> None:
-        """Log each newly kept-aside record once, and remember it (bounded) so it stays quiet."""
-        for raw, reason, _, key in fresh:
-            log.warning(
-                "record kept aside in quarantine: %s",
-                reason,
-                extra={"account": self.name, "rid": _rid_of(raw)},
-            )
-            self._quarantined[key] = None
-            if len(self._quarantined) > QUARANTINE_MEMORY:
-                self._quarantined.popitem(last=False)
-
-    def _log_odd_timestamps(
-        self, new_rids: list[int], records: list[CallRecord], since: str, now: float
-    ) -> None:
-        """One line per new record whose timestamp the upstream should not have sent."""
-        if not new_rids:
-            return
-        fresh = set(new_rids)
-        limit = skew_limit(now, self._tz, self._settings.upstream.max_clock_skew)
-        for record in records:
-            if record.rid not in fresh:
-                continue
-            if record.call_ts > limit:
-                log.warning(
-                    "record stamped %s, more than max_clock_skew ahead of the upstream's clock: "
-                    "delivered, but the cursor does not follow it",
-                    record.call_ts,
-                    extra={"account": self.name, "rid": record.rid},
-                )
-            elif record.call_ts < since:
-                log.warning(
-                    "record stamped %s, before the %s asked for: delivered",
-                    record.call_ts,
-                    since,
-                    extra={"account": self.name, "rid": record.rid},
-                )
-
-    def _log_new(self, new_rids: list[int], records: list[CallRecord]) -> None:
-        if not log.isEnabledFor(logging.INFO) or not new_rids:
-            return
-        fresh = set(new_rids)
-        for record in records:
-            if record.rid in fresh:
-                fresh.discard(record.rid)
-                routed = self._subscribers if record.subscribers is None else record.subscribers
-                log.info(
-                    "call received, queued for %d subscribers (call_timestamp %s)",
-                    len(routed),
-                    record.call_ts,
-                    extra={"account": self.name, "rid": record.rid},
-                )
 
     async def _prune(self, cursor: str, now: float) -> None:
         lookback = self._settings.upstream.lookback
@@ -547,14 +462,3 @@ def _epoch(call_ts: str, tz: ZoneInfo) -> float | None:
         return datetime.strptime(call_ts, "%Y-%m-%d %H:%M:%S").replace(tzinfo=tz).timestamp()
     except ValueError:
         return None
-
-
-def _raw(value: Any) -> bytes:
-    try:
-        return orjson.dumps(value)
-    except TypeError:
-        return repr(value).encode()
-
-
-def _rid_of(value: Any) -> Any:
-    return value.get("rid") if isinstance(value, dict) else None
