@@ -13,7 +13,6 @@ through the same strings as everything else, so no value is ever echoed back.
 from __future__ import annotations
 
 import base64
-import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -23,14 +22,10 @@ from typing import Annotated, Any, Literal
 from urllib.parse import unquote, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import phonenumbers
 from pydantic import (
     AfterValidator,
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
-    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
@@ -45,137 +40,45 @@ from pydantic_settings import (
 )
 
 from relay.config import payload
+from relay.config.admin import AdminSettings, SignInLimitSettings
+
+# Re-exported: the sections live in their own modules, and callers import them from here.
+from relay.config.base import (
+    Name,
+    _check_http_url,
+    _check_region,
+    _check_state,
+    _drop_nulls,
+    _lower,
+    _Problems,
+    _raise_duplicates,
+    _Section,
+    _upper,
+)
 from relay.config.cluster import ClusterSettings
 from relay.config.durations import Duration, PositiveDuration, format_duration
 from relay.config.file import Loc, expand_env_refs, read_yaml, render_loc
-from relay.config.pace import (
-    CircuitSettings,
-    Ordering,
-    SubscriberRateLimit,
-    preset_for,
-    rate_limit_or_none,
-)
+from relay.config.subscriber import SubscriberSettings
 from relay.core.errors import ConfigError
-from relay.core.filters import MATCH_ALL, Filter
-from relay.core.formats import ENVELOPE, FormatName, FormatSpec
-from relay.core.keys import SigningKey
 
-_NAME = re.compile(r"[A-Za-z0-9_.-]+")
-_HEADER_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 "token"
-# Set by the relay on every delivery; a static header must not replace or duplicate them.
-# transfer-encoding and connection are added because they would corrupt the HTTP framing.
-_RESERVED_HEADERS = frozenset(
-    {
-        "content-type",
-        "webhook-id",
-        "webhook-timestamp",
-        "webhook-signature",
-        "user-agent",
-        "host",
-        "content-length",
-        "transfer-encoding",
-        "connection",
-    }
-)
+# The sections that live in their own modules are re-exported: callers import them from here.
+__all__ = [
+    "AccountSettings",
+    "AdminSettings",
+    "DeliverySettings",
+    "LogSettings",
+    "RateLimitSettings",
+    "Settings",
+    "SignInLimitSettings",
+    "SubscriberSettings",
+    "UpstreamSettings",
+    "load_settings",
+    "url_secrets",
+    "validation_problems",
+]
+
 _TIMESTAMP = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}")
 _TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S"
-_LISTEN = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]*):(?P<port>[0-9]{1,5})")
-
-
-class _Problems(ValueError):
-    """Several problems found by one validator, each at a path below the model that raised it.
-
-    Pydantic gives a validator's error the validator's own location; cross-field checks know
-    better (``subscribers[2].accounts``), so the renderer appends these paths.
-    """
-
-    def __init__(self, problems: list[tuple[Loc, str]]) -> None:
-        self.problems = problems
-        super().__init__("; ".join(f"{render_loc(loc)}: {msg}" for loc, msg in problems))
-
-
-# -- small validators ---------------------------------------------------------------------------
-
-
-def _check_name(value: str) -> str:
-    if not value:
-        raise ValueError("must not be empty")
-    if not _NAME.fullmatch(value):
-        raise ValueError("must contain only letters, digits, '_', '.' and '-'")
-    return value
-
-
-def _check_http_url(value: str) -> str:
-    try:
-        parts = urlsplit(value)
-        parts.port  # noqa: B018 - raises ValueError for a bad port
-    except ValueError:
-        raise ValueError("must be http(s) URL") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname or re.search(r"\s", value):
-        raise ValueError("must be http(s) URL")
-    return value
-
-
-def _check_state(value: str) -> str:
-    if not value.strip():
-        raise ValueError("must not be empty")
-    scheme, sep, rest = value.partition("://")
-    if not sep:
-        return value  # a plain file path
-    scheme = scheme.lower()
-    if scheme == "sqlite" and rest.startswith("/") and len(rest) > 1:
-        return value
-    if scheme in ("postgres", "postgresql") and rest:
-        return value
-    raise ValueError("must be a file path, sqlite:///path or a postgresql:// URL")
-
-
-def _check_region(value: str | None) -> str | None:
-    if value is None or value.strip().lower() == "none":
-        return None
-    if value.strip().upper() not in phonenumbers.SUPPORTED_REGIONS:
-        raise ValueError('must be a two-letter region code such as US or GB, or "none"')
-    return value.strip().upper()
-
-
-def _upper(value: object) -> object:
-    return value.upper() if isinstance(value, str) else value
-
-
-def _lower(value: object) -> object:
-    return value.lower() if isinstance(value, str) else value
-
-
-def _drop_nulls(model: type[BaseModel], data: object) -> object:
-    """Treat ``key: null`` as absent unless None is the field's own default.
-
-    An empty YAML section (``log:`` with every line commented out) reads as null; meaning "use
-    the defaults" is kinder than "must be a mapping".
-    """
-    if not isinstance(data, dict):
-        return data
-    fields = model.model_fields
-    # An unknown key stays, null or not, so that its typo is still reported.
-    keep = {k for k, v in data.items() if v is not None or k not in fields}
-    return {k: v for k, v in data.items() if k in keep or fields[k].default is None}
-
-
-Name = Annotated[str, AfterValidator(_check_name)]
-HttpUrl = Annotated[str, AfterValidator(_check_http_url)]
-
-
-class _Section(BaseModel):
-    """Base of every config section: immutable, and unknown keys are errors (typos surface)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _nulls_are_absent(cls, data: object) -> object:
-        return _drop_nulls(cls, data)
-
-
-# -- the schema ---------------------------------------------------------------------------------
 
 
 class AccountSettings(_Section):
@@ -279,109 +182,6 @@ class UpstreamSettings(_Section):
         return self
 
 
-class SubscriberSettings(_Section):
-    """One webhook receiver: where to POST, how to sign, and how hard to retry."""
-
-    name: Name
-    url: HttpUrl
-    # One key or a list, newest first (issue 10): whsec_ (HMAC, v1) and whsk_ (ed25519, v1a).
-    secret: Annotated[SecretStr | list[SecretStr], BeforeValidator(payload.secret_before)]
-    filter: Any = None  # a filter spec (relay.core.filters); compiled below
-    format: Annotated[FormatName, BeforeValidator(_lower)] = "envelope"
-    template: str | None = None
-    accounts: Annotated[list[str], Field(min_length=1)] | None = None
-    # repr=False: values are often credentials (n8n header auth) and must not reach a log line.
-    headers: dict[str, str] = Field(default_factory=dict, repr=False)
-    timeout: PositiveDuration = 15.0
-    max_in_flight: int = Field(default=4, ge=1, le=256)
-    retry: list[PositiveDuration] = Field(
-        default_factory=lambda: [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0],
-        min_length=1,
-    )
-    retry_on_4xx: bool = True
-    max_retry_after: PositiveDuration = 3600.0
-    enabled: bool = True
-    # None: the preset for the URL's host, if any (relay.config.pace); "none": no limit.
-    rate_limit: Annotated[SubscriberRateLimit | None, BeforeValidator(rate_limit_or_none)] = None
-    circuit: CircuitSettings = Field(default_factory=CircuitSettings)
-    ordering: Annotated[Ordering, BeforeValidator(_lower)] = "parallel"
-
-    def pace(self) -> SubscriberRateLimit | None:
-        """The rate limit in force: the configured one, else the host's preset, else None."""
-        if self.rate_limit is None:
-            return preset_for(self.url)
-        return None if self.rate_limit.requests == 0 else self.rate_limit
-
-    _keys: tuple[SigningKey, ...] = PrivateAttr(default=())
-    _filter: Filter = PrivateAttr(default=MATCH_ALL)
-    _format: FormatSpec = PrivateAttr(default=ENVELOPE)
-
-    @field_validator("secret")
-    @classmethod
-    def _check_secret(cls, secret: SecretStr | list[SecretStr]) -> SecretStr | list[SecretStr]:
-        if problems := payload.secret_problems(secret):
-            raise _Problems(problems)
-        return secret
-
-    @field_validator("filter")
-    @classmethod
-    def _check_filter(cls, spec: Any) -> Any:
-        if problems := payload.filter_problems(spec):
-            raise _Problems(problems)
-        return spec
-
-    @model_validator(mode="after")
-    def _compile(self) -> SubscriberSettings:
-        # Kept compiled beside the settings. A template is compiled here with UTC and no phone
-        # region (so a subscriber built on its own is complete) and again by Settings with the
-        # upstream's time zone and region.
-        spec, problems = payload.format_problems(self.format, self.template, None, None)
-        if problems:
-            raise _Problems(problems)
-        assert spec is not None
-        self._format = spec
-        self._filter = payload.compiled_filter(self.filter)
-        self._keys = payload.signing_keys(self.secret)
-        return self
-
-    @property
-    def signing_keys(self) -> tuple[SigningKey, ...]:
-        """The decoded ``secret`` keys, newest first: every one signs every delivery."""
-        return self._keys
-
-    @property
-    def compiled_filter(self) -> Filter:
-        """The compiled ``filter`` (``MATCH_ALL`` without one)."""
-        return self._filter
-
-    @property
-    def format_spec(self) -> FormatSpec:
-        """The compiled ``format`` (and ``template``)."""
-        return self._format
-
-    @field_validator("headers")
-    @classmethod
-    def _check_headers(cls, headers: dict[str, str]) -> dict[str, str]:
-        problems: list[tuple[Loc, str]] = []
-        seen: set[str] = set()
-        for number, (name, value) in enumerate(headers.items(), start=1):
-            # An invalid name is not echoed: "Authorization: Bearer …" pasted as a key is a
-            # realistic mistake, and it would put the credential in the message.
-            if not _HEADER_TOKEN.fullmatch(name):
-                problems.append(((), f"header #{number} has a name that is not a valid HTTP token"))
-                continue
-            if name.lower() in _RESERVED_HEADERS:
-                problems.append(((name,), "is set by the relay and cannot be configured"))
-            elif name.lower() in seen:
-                problems.append(((name,), "duplicate header (names are case-insensitive)"))
-            seen.add(name.lower())
-            if re.search(r"[\r\n\x00]", value):
-                problems.append(((name,), "value must not contain line breaks"))
-        if problems:
-            raise _Problems(problems)
-        return headers
-
-
 class DeliverySettings(_Section):
     """How deliveries are claimed, leased and kept."""
 
@@ -395,83 +195,11 @@ class DeliverySettings(_Section):
     batch_size: int = Field(default=256, ge=1, le=10000)
 
 
-class SignInLimitSettings(_Section):
-    """How many failed dashboard sign-ins are allowed (``relay/ops/signin.py``): ``failures`` in
-    a row per client address, then one more per ``every``; likewise from everyone at once."""
-
-    failures: int = Field(default=5, ge=1, le=1000)
-    every: PositiveDuration = 12.0
-    global_failures: int = Field(default=20, ge=1, le=100_000)
-    global_every: PositiveDuration = 3.0
-
-
-class AdminSettings(_Section):
-    """The optional admin/health HTTP surface."""
-
-    listen: Annotated[str, AfterValidator(_check_listen)] | None = None
-    token: SecretStr | None = None
-    # Host names (besides IP literals and localhost) the admin API answers to: a browser sends
-    # the name it resolved, and refusing other names defeats DNS rebinding.
-    allowed_hosts: list[Name] = Field(default_factory=list)
-    max_connections: int = Field(default=64, ge=1, le=10000)
-    idle_timeout: PositiveDuration = 15.0  # a connection with no complete request is closed
-    sign_in_limit: SignInLimitSettings = Field(default_factory=SignInLimitSettings)
-
-    @model_validator(mode="after")
-    def _token_unless_loopback(self) -> AdminSettings:
-        if self.token is not None and not self.token.get_secret_value().strip():
-            raise _Problems([(("token",), "must not be empty")])
-        address = self.address()
-        if address is not None and self.token is None and not _is_loopback(address[0]):
-            raise _Problems([(("token",), "required when listen is not a loopback address")])
-        return self
-
-    def address(self) -> tuple[str, int] | None:
-        """``(host, port)`` to bind, or None when the admin surface is off ("" = all hosts)."""
-        return None if self.listen is None else _split_listen(self.listen)
-
-
-def _check_listen(listen: str) -> str:
-    _split_listen(listen)
-    return listen
-
-
-def _split_listen(listen: str) -> tuple[str, int]:
-    match = _LISTEN.fullmatch(listen)
-    host = match["host"].strip("[]") if match else ""
-    if match is None or int(match["port"]) > 65535 or (":" in host and not _is_ip(host)):
-        raise ValueError("must be host:port, e.g. 127.0.0.1:8080 or [::1]:8080")
-    return host, int(match["port"])
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
-def _is_loopback(host: str) -> bool:
-    return host == "localhost" or (_is_ip(host) and ipaddress.ip_address(host).is_loopback)
-
-
 class LogSettings(_Section):
     """Log level and output format."""
 
     level: Annotated[Literal["DEBUG", "INFO", "WARNING", "ERROR"], BeforeValidator(_upper)] = "INFO"
     format: Annotated[Literal["text", "json"], BeforeValidator(_lower)] = "text"
-
-
-def _raise_duplicates(names: list[str], what: str) -> None:
-    seen: set[str] = set()
-    problems: list[tuple[Loc, str]] = []
-    for index, name in enumerate(names):
-        if name in seen:
-            problems.append(((index, "name"), f"duplicate {what} name '{name}'"))
-        seen.add(name)
-    if problems:
-        raise _Problems(problems)
 
 
 # Which environment the RELAY_* overrides come from. load_settings sets it for one call so tests
