@@ -27,9 +27,9 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Literal
 
 from relay.config.schema import DeliverySettings, SubscriberSettings
 from relay.core.aio import wait_any
@@ -39,6 +39,7 @@ from relay.core.models import Delivery, Finished, Outcome
 from relay.core.retry import Verdict, classify
 from relay.core.status import RuntimeSubscriber
 from relay.delivery.breaker import SubscriberBreaker
+from relay.delivery.handoff import MIN_BUFFER, Waker, buffer_size
 from relay.delivery.outcome import decide, log_attempt
 from relay.delivery.pacing import Pace
 from relay.delivery.results import ResultWriter
@@ -47,10 +48,11 @@ from relay.store.base import Store
 
 log = logging.getLogger(__name__)
 
+__all__ = ["MIN_BUFFER", "SubscriberDispatcher", "Waker", "buffer_size"]
+
 STORE_RETRY = 1.0
 RESULT_LAG = 0.05  # how long a just-finished result may sit in the write batch
 LOCAL_BACKOFF = 1.0  # a worker that hit a local resource error (EMFILE) rests this long
-MIN_BUFFER = 128  # claimed deliveries a subscriber may hold; claims of half of it amortise well
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,29 +64,6 @@ class _End:
 
 # What one claim step says next: claim again at once, wait for room or a wake-up, or end.
 _Step = Literal["again", "wait"] | _End
-
-
-class Waker(Protocol):
-    """What a dispatcher needs from its scheduler."""
-
-    def spawn(self, name: str, coro: Coroutine[Any, Any, None]) -> None:
-        """Run ``coro`` as a task the scheduler owns (logged if it fails, drained at stop)."""
-
-    def wake(self, subscriber: str) -> None:
-        """Make sure the subscriber's :meth:`SubscriberDispatcher.run` looks again soon."""
-
-    def at(self, subscriber: str, when: float) -> None:
-        """Wake the subscriber at epoch time ``when`` (the earliest request wins)."""
-
-
-def buffer_size(max_in_flight: int, batch_size: int) -> int:
-    """How many claimed deliveries one subscriber may hold in memory (in flight or waiting).
-
-    Twice ``max_in_flight`` keeps every worker busy while the next claim is on its way; at least
-    :data:`MIN_BUFFER` (but no more than ``batch_size`` allows) makes each claim, one store round
-    trip and one transaction, carry dozens of deliveries instead of a handful.
-    """
-    return max(2 * max_in_flight, min(MIN_BUFFER, 2 * batch_size))
 
 
 class SubscriberDispatcher:
