@@ -355,8 +355,24 @@ async def test_prune_runs_once_at_a_time_and_in_bounded_batches(
 
     holder = await asyncpg.connect(PG_DSN)
     try:
-        await holder.execute("SELECT pg_advisory_lock($1, $2)", *pg_sql.MAINTENANCE_LOCK)
+        # Another instance on this schema holds the maintenance lock.
+        await holder.execute(
+            f"SET search_path TO {store.target.schema}; "
+            f"SELECT pg_advisory_lock({pg_sql.MAINTENANCE_KEY})"
+        )
         assert await store.prune_delivered(500.0) == 0  # another instance is pruning
+        assert await store.prune_dead(10**12) == 0  # and retention waits for it too
+        # A relay on another schema of the same server is not held up by it.
+        elsewhere = f"relay_test_{uuid.uuid4().hex[:12]}"
+        other = PostgresStore(schema_url(elsewhere), instance_id="other")
+        await other.open()
+        try:
+            assert await other.prune_delivered(500.0) == 0  # nothing to prune, but it ran
+            async with other._maintenance("check") as conn:
+                assert conn is not None
+        finally:
+            await other.close()
+            await pg_execute(f'DROP SCHEMA IF EXISTS "{elsewhere}" CASCADE')
     finally:
         await holder.close()  # its lock goes with its session
     assert await store.prune_delivered(500.0) == 9

@@ -2,8 +2,8 @@
 and the deliveries of subscribers no longer configured (orphans).
 
 Deletes run in chunks of :data:`CHUNK` rows, each its own short transaction (autocommit), so
-no instance holds locks on many rows for long. Several instances may run them at once: a row
-deleted by one is simply not found by the other.
+no instance holds locks on many rows for long. The store runs them under its maintenance lock,
+one instance at a time (and a row deleted by one would simply not be found by another).
 """
 
 from __future__ import annotations

@@ -11,7 +11,11 @@ from __future__ import annotations
 GONE_REASON = "410 Gone"
 PRUNE_CHUNK = 2000  # records examined per prune transaction: short locks, bounded WAL per step
 PRUNE_SEEN_CHUNK = 5000  # seen rows deleted per transaction
-MAINTENANCE_LOCK = (0x52454C59, 1)  # advisory lock (class, id): one pruner across all instances
+# The maintenance lock: one pruner at a time among the instances on this schema (relays on other
+# schemas of the same server keep their own).
+MAINTENANCE_KEY = "hashtextextended('relay-maintenance:' || current_schema(), 0)"
+TRY_MAINTENANCE = f"SELECT pg_try_advisory_lock({MAINTENANCE_KEY})"
+END_MAINTENANCE = f"SELECT pg_advisory_unlock({MAINTENANCE_KEY})"
 
 # -- ingest ---------------------------------------------------------------------------------------
 
