@@ -12,6 +12,7 @@ the URL without it, and :func:`store_error` scrubs it from driver messages just 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from dataclasses import dataclass
 from typing import Any, TypeAlias
@@ -113,3 +114,23 @@ def store_error(target: Target, op: str, exc: BaseException) -> StoreError:
     if isinstance(exc, asyncpg.PostgresError) and exc.sqlstate == _DISK_FULL:
         return StoreFull(f"PostgreSQL {target.where}: disk full, {op} refused ({detail})")
     return StoreError(f"PostgreSQL {target.where}: {op} failed: {detail}")
+
+
+class PoolHost:
+    """What the store's mixins (pace, operator queries, shared state) need from the store that
+    hosts them: where it lives, its instance id, and connections from its pool."""
+
+    target: Target
+    instance_id: str
+
+    def _conn(
+        self, op: str
+    ) -> contextlib.AbstractAsyncContextManager[PoolConnectionProxy[asyncpg.Record]]:
+        """A pooled connection for ``op``; driver failures become StoreError."""
+        raise NotImplementedError
+
+    def _tx(
+        self, op: str
+    ) -> contextlib.AbstractAsyncContextManager[PoolConnectionProxy[asyncpg.Record]]:
+        """The same, inside one transaction."""
+        raise NotImplementedError

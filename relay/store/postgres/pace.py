@@ -9,14 +9,13 @@ across every instance, oldest first.
 
 from __future__ import annotations
 
-import contextlib
-
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from relay.core.breaker import Circuit
 from relay.core.models import Delivery
 from relay.core.status import QueueCounts
+from relay.store.postgres.connect import PoolHost
 
 HEAD_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended('relay-head:' || $1, 0))"
 DISABLED = "SELECT disabled_reason FROM subscriber_state WHERE subscriber = $1"
@@ -68,20 +67,8 @@ SET failures = excluded.failures, failing_since = excluded.failing_since,
 FORGET = "DELETE FROM subscriber_circuit WHERE subscriber = $1"
 
 
-class PaceMixin:
+class PaceMixin(PoolHost):
     """The pace methods; the host class provides the pool (``_conn``/``_tx``) and instance id."""
-
-    instance_id: str
-
-    def _conn(
-        self, op: str
-    ) -> contextlib.AbstractAsyncContextManager[PoolConnectionProxy[asyncpg.Record]]:
-        raise NotImplementedError
-
-    def _tx(
-        self, op: str
-    ) -> contextlib.AbstractAsyncContextManager[PoolConnectionProxy[asyncpg.Record]]:
-        raise NotImplementedError
 
     async def claim_head(self, subscriber: str, now: float, lease: float) -> Delivery | None:
         async with self._tx("claim head") as conn:

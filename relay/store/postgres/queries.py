@@ -30,7 +30,7 @@ from relay.core.journey import (
     digits,
     excerpt,
 )
-from relay.store.postgres.connect import Target
+from relay.store.postgres.connect import PoolHost
 from relay.store.postgres.shared import notify_due
 
 RECORD = (
@@ -99,20 +99,8 @@ RETURNING subscriber
 DELIVERY_SUBSCRIBER = "SELECT subscriber FROM deliveries WHERE id = $1"
 
 
-class OperatorQueriesMixin:
+class OperatorQueriesMixin(PoolHost):
     """The operator queries; the host class provides the pool (``_conn``/``_tx``) and target."""
-
-    target: Target
-
-    def _conn(
-        self, op: str
-    ) -> contextlib.AbstractAsyncContextManager[PoolConnectionProxy[asyncpg.Record]]:
-        raise NotImplementedError
-
-    def _tx(
-        self, op: str
-    ) -> contextlib.AbstractAsyncContextManager[PoolConnectionProxy[asyncpg.Record]]:
-        raise NotImplementedError
 
     @contextlib.asynccontextmanager
     async def _snapshot(self, op: str) -> AsyncIterator[PoolConnectionProxy[asyncpg.Record]]:

@@ -14,12 +14,11 @@ from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import asyncpg
-from asyncpg.pool import PoolConnectionProxy
 
 from relay.core.budget import MIN_WAIT, bucket_params, bucket_spend, default_burst
 from relay.core.models import Delivery
 from relay.store.postgres import sql as q
-from relay.store.postgres.connect import DRIVER_ERRORS, Conn, Target, store_error
+from relay.store.postgres.connect import DRIVER_ERRORS, Conn, PoolHost, store_error
 
 log = logging.getLogger(__name__)
 
@@ -38,21 +37,8 @@ async def notify_due(conn: Conn, subscribers: Collection[str]) -> None:
         await conn.execute(q.NOTIFY, payloads)
 
 
-class SharedStateMixin:
+class SharedStateMixin(PoolHost):
     """The multi-instance methods; the host class provides the pool, target and instance id."""
-
-    target: Target
-    instance_id: str
-
-    def _conn(
-        self, op: str
-    ) -> contextlib.AbstractAsyncContextManager[PoolConnectionProxy[asyncpg.Record]]:
-        raise NotImplementedError
-
-    def _tx(
-        self, op: str
-    ) -> contextlib.AbstractAsyncContextManager[PoolConnectionProxy[asyncpg.Record]]:
-        raise NotImplementedError
 
     # -- instances ----------------------------------------------------------------------------
 
