@@ -21,10 +21,8 @@ import copy
 import logging
 import random
 import time
-from array import array
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -44,7 +42,6 @@ from relay.core.models import AccountCursor, CallRecord, IngestBatch, Quarantine
 from relay.core.retry import upstream_backoff
 from relay.core.status import RuntimeAccount
 from relay.core.window import (
-    PollPlan,
     WindowPolicy,
     advance_cursor,
     plan_poll,
@@ -53,10 +50,11 @@ from relay.core.window import (
     validate_records,
 )
 from relay.ingest.announce import announce_new, warn_odd_stamps
+from relay.ingest.batch import Batch, PollState, check_repeats
 from relay.ingest.body import NON_FINITE, FetchResult, StreamAbandoned, StreamedBody
 from relay.ingest.budget import KeyBudget
 from relay.ingest.lease import AccountLease, LeaseLost
-from relay.ingest.rejects import Reject, Rejects
+from relay.ingest.rejects import Rejects
 from relay.ingest.routing import Router
 from relay.ingest.upstream import Credentials, WebFonesClient
 from relay.store.base import Store
@@ -72,34 +70,6 @@ PRUNE_MARGIN = 3600.0  # de-dup memory is kept this much longer than the look-ba
 # per batch: only a slice ever exists as objects, and larger transactions are faster in total.
 SLICE_RECORDS = 1_000
 BATCH_RECORDS = 10_000
-
-
-@dataclass(slots=True)
-class _Poll:
-    """One poll in progress, across the batches of a streamed response."""
-
-    plan: PollPlan
-    received_at: float
-    skew_limit: str  # call_timestamps after this do not move the cursor
-    new: int = 0  # records newly stored
-    received: int = 0  # records of the response prepared so far
-    newest: str | None = None  # the newest plausible call_timestamp prepared so far
-    # Valid rids of the batches stored so far, 8 bytes each (a set of ints would take ~70).
-    stored: array[int] = field(default_factory=lambda: array("q"))
-
-    def restart(self) -> None:
-        """Start over with the whole response (what was stored stays: it is de-duplicated)."""
-        self.received = 0
-        self.stored = array("q")
-
-
-@dataclass(slots=True)
-class _Batch:
-    """Records validated and turned into bodies, to be stored in one transaction."""
-
-    records: list[CallRecord] = field(default_factory=list)
-    fresh_invalid: list[Reject] = field(default_factory=list)
-    rids: set[int] = field(default_factory=set)  # valid rids, for a streamed response
 
 
 class AccountPoller:
@@ -274,7 +244,7 @@ class AccountPoller:
         response = await self._client.fetch(self._credentials, plan.since)
         received_at = self._clock()
         skew = self._settings.upstream.max_clock_skew
-        poll = _Poll(plan, received_at, skew_limit(received_at, self._tz, skew))
+        poll = PollState(plan, received_at, skew_limit(received_at, self._tz, skew))
         if isinstance(response, StreamedBody):
             try:
                 cursor = await self._ingest_stream(poll, response)
@@ -287,9 +257,9 @@ class AccountPoller:
                 )
                 poll.restart()
                 whole = response.whole()
-                cursor = await self._ingest_last(poll, whole, _Batch(), streamed=False)
+                cursor = await self._ingest_last(poll, whole, Batch(), streamed=False)
         else:
-            cursor = await self._ingest_last(poll, response, _Batch(), streamed=False)
+            cursor = await self._ingest_last(poll, response, Batch(), streamed=False)
         last_sweep = self._cursor.last_sweep
         if plan.sweep or plan.seed_only:
             last_sweep = received_at
@@ -318,35 +288,35 @@ class AccountPoller:
         )
         return poll.new
 
-    async def _ingest_stream(self, poll: _Poll, body: StreamedBody) -> str | None:
+    async def _ingest_stream(self, poll: PollState, body: StreamedBody) -> str | None:
         """Store a large response batch by batch; the last batch moves the cursor (returned).
 
         StreamAbandoned (before the batch concerned is stored) when a rid repeats in the
         response: which copy is kept or quarantined is decided by comparing the records, which
         only the whole-body path still has.
         """
-        batch = _Batch()
+        batch = Batch()
         for raw in body.batches(SLICE_RECORDS):
             self._prepare(poll, raw, batch, streamed=True)
             # The parser holds this list until it makes the next one: emptied now, the records
             # as objects are gone while the batch is stored.
             raw.clear()
             if len(batch.records) >= BATCH_RECORDS:
-                _check_repeats(poll, batch)
+                check_repeats(poll, batch)
                 await self._commit(poll, batch, None)
-                batch = _Batch()
+                batch = Batch()
         assert body.result is not None  # batches() sets it when it ends
         return await self._ingest_last(poll, body.result, batch, streamed=True)
 
     async def _ingest_last(
-        self, poll: _Poll, result: FetchResult, batch: _Batch, *, streamed: bool
+        self, poll: PollState, result: FetchResult, batch: Batch, *, streamed: bool
     ) -> str | None:
         """Store the last (or only) batch of a response with the new cursor, and return it."""
         self._prepare(poll, result.records, batch, streamed=streamed)
         # Records the parser refused (a number beyond double range) are kept aside too.
         poll.received += len(result.rejected)
         batch.fresh_invalid.extend(self._rejects.fresh(result.rejected))
-        _check_repeats(poll, batch)
+        check_repeats(poll, batch)
         # A count above the records means the answer admits it is incomplete: store what came,
         # but keep the cursor, so that whatever is missing is asked for again.
         complete = result.count is None or result.count <= poll.received
@@ -370,7 +340,7 @@ class AccountPoller:
         await self._commit(poll, batch, cursor)
         return cursor
 
-    def _prepare(self, poll: _Poll, raw: list[Any], batch: _Batch, *, streamed: bool) -> None:
+    def _prepare(self, poll: PollState, raw: list[Any], batch: Batch, *, streamed: bool) -> None:
         """Validate records into ``batch`` as webhook bodies; note the newest plausible stamp."""
         valid, invalid = validate_records(raw)
         poll.received += len(raw)
@@ -405,7 +375,7 @@ class AccountPoller:
                 batch.records.append(CallRecord(v.rid, v.call_ts, body, route(v.record)))
         batch.fresh_invalid.extend(self._rejects.fresh(invalid))
 
-    async def _commit(self, poll: _Poll, batch: _Batch, cursor: str | None) -> None:
+    async def _commit(self, poll: PollState, batch: Batch, cursor: str | None) -> None:
         """Store one batch in one transaction (``cursor`` None: leave the cursor as it is)."""
         outcome = await self._store.ingest(
             IngestBatch(
@@ -448,12 +418,6 @@ class AccountPoller:
             await self._store.set_account_status(self.name, status, error, self._clock())
         except StoreError as exc:
             log.warning("cannot record account status: %s", exc, extra={"account": self.name})
-
-
-def _check_repeats(poll: _Poll, batch: _Batch) -> None:
-    """StreamAbandoned if a rid of ``batch`` was in a batch already stored for this response."""
-    if batch.rids and not batch.rids.isdisjoint(poll.stored):
-        raise StreamAbandoned("a rid repeats in the response")
 
 
 def _epoch(call_ts: str, tz: ZoneInfo) -> float | None:
