@@ -8,12 +8,18 @@ one instance at a time (and a row deleted by one would simply not be found by an
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Sequence
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from relay.core.models import Orphan
+from relay.store.postgres import sql as q
+from relay.store.postgres.connect import PoolHost
+
+log = logging.getLogger(__name__)
 
 CHUNK = 2000
 
@@ -91,3 +97,56 @@ async def find_orphans(
     await conn.execute(UNSTAMP_EMPTY, orphans)
     since = {str(name): float(at) for name, at in await conn.fetch(STAMPED)}
     return [Orphan(name, since[name], totals[name]) for name in orphans]
+
+
+class RetentionMixin(PoolHost):
+    """Pruning and retention for :class:`~relay.store.postgres.store.PostgresStore`, each step
+    under the maintenance lock: one instance at a time prunes."""
+
+    @contextlib.asynccontextmanager
+    async def _maintenance(
+        self, op: str
+    ) -> AsyncIterator[PoolConnectionProxy[asyncpg.Record] | None]:
+        """A connection holding the maintenance lock, so that one instance at a time prunes
+        (peers have pinned PostgreSQL with concurrent cleanups); None while another holds it."""
+        async with self._conn(op) as conn:
+            if not await conn.fetchval(q.TRY_MAINTENANCE):
+                log.info("another instance is running maintenance; %s skipped", op)
+                yield None
+                return
+            try:
+                yield conn
+            finally:
+                await conn.execute(q.END_MAINTENANCE)
+
+    async def prune_delivered(self, before: float) -> int:
+        """As the interface says, in bounded batches; and only one instance at a time prunes:
+        while another holds the maintenance lock this returns 0 at once."""
+        total, after = 0, (float("-inf"), 0)
+        async with self._maintenance("prune delivered") as conn:
+            while conn is not None:
+                # Autocommit per statement: every chunk is its own short transaction.
+                row = await conn.fetchrow(q.PRUNE_DELIVERED, before, *after, q.PRUNE_CHUNK)
+                assert row is not None
+                pruned, examined, last_at, last_id = row
+                total += int(pruned)
+                if examined < q.PRUNE_CHUNK:
+                    break
+                after = (last_at, last_id)
+        return total
+
+    async def prune_dead(self, before: float) -> int:
+        async with self._maintenance("prune dead letters") as conn:
+            return 0 if conn is None else await chunked(conn, PRUNE_DEAD, before)
+
+    async def prune_quarantine(self, before: float) -> int:
+        async with self._maintenance("prune quarantine") as conn:
+            return 0 if conn is None else await chunked(conn, PRUNE_QUARANTINE, before)
+
+    async def find_orphans(self, configured: Sequence[str], now: float) -> list[Orphan]:
+        async with self._tx("find orphans") as conn:
+            return await find_orphans(conn, list(configured), now)
+
+    async def purge_orphans(self, before: float) -> int:
+        async with self._maintenance("purge orphans") as conn:
+            return 0 if conn is None else await chunked(conn, PURGE_ORPHANS, before)

@@ -32,7 +32,6 @@ from relay.core.models import (
     Finished,
     IngestBatch,
     IngestResult,
-    Orphan,
     Outcome,
     StoredRecord,
     quarantine_digest,
@@ -40,7 +39,7 @@ from relay.core.models import (
 from relay.core.status import AccountState, QueueCounts, StoreStats
 from relay.store.base import Store
 from relay.store.bodies import BodyCache
-from relay.store.postgres import migrations, retention
+from relay.store.postgres import migrations
 from relay.store.postgres import sql as q
 from relay.store.postgres.connect import (
     DRIVER_ERRORS,
@@ -51,6 +50,7 @@ from relay.store.postgres.connect import (
 )
 from relay.store.postgres.pace import PaceMixin, add_circuits, forget_circuit
 from relay.store.postgres.queries import OperatorQueriesMixin
+from relay.store.postgres.retention import RetentionMixin
 from relay.store.postgres.shared import SharedStateMixin, notify_due
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ _STATE_AFTER = {
 }
 
 
-class PostgresStore(PaceMixin, SharedStateMixin, OperatorQueriesMixin, Store):
+class PostgresStore(RetentionMixin, PaceMixin, SharedStateMixin, OperatorQueriesMixin, Store):
     """:class:`Store` on a PostgreSQL database shared by several relay instances.
 
     ``instance_id`` stamps this store's claims (see :meth:`register_instance`); by default a
@@ -311,38 +311,6 @@ class PostgresStore(PaceMixin, SharedStateMixin, OperatorQueriesMixin, Store):
             await notify_due(conn, {row[0] for row in rows})
         return len(rows)
 
-    @contextlib.asynccontextmanager
-    async def _maintenance(
-        self, op: str
-    ) -> AsyncIterator[PoolConnectionProxy[asyncpg.Record] | None]:
-        """A connection holding the maintenance lock, so that one instance at a time prunes
-        (peers have pinned PostgreSQL with concurrent cleanups); None while another holds it."""
-        async with self._conn(op) as conn:
-            if not await conn.fetchval(q.TRY_MAINTENANCE):
-                log.info("another instance is running maintenance; %s skipped", op)
-                yield None
-                return
-            try:
-                yield conn
-            finally:
-                await conn.execute(q.END_MAINTENANCE)
-
-    async def prune_delivered(self, before: float) -> int:
-        """As the interface says, in bounded batches; and only one instance at a time prunes:
-        while another holds the maintenance lock this returns 0 at once."""
-        total, after = 0, (float("-inf"), 0)
-        async with self._maintenance("prune delivered") as conn:
-            while conn is not None:
-                # Autocommit per statement: every chunk is its own short transaction.
-                row = await conn.fetchrow(q.PRUNE_DELIVERED, before, *after, q.PRUNE_CHUNK)
-                assert row is not None
-                pruned, examined, last_at, last_id = row
-                total += int(pruned)
-                if examined < q.PRUNE_CHUNK:
-                    break
-                after = (last_at, last_id)
-        return total
-
     async def stats(self) -> StoreStats:
         # One snapshot for every count, as on SQLite.
         async with (
@@ -373,34 +341,6 @@ class PostgresStore(PaceMixin, SharedStateMixin, OperatorQueriesMixin, Store):
             queue = result.subscribers.setdefault(name, QueueCounts())
             queue.disabled, queue.orphaned_since = reason, orphaned_at
         return result
-
-    # -- retention (relay/store/postgres/retention.py) ---------------------------------------
-
-    async def prune_dead(self, before: float) -> int:
-        async with self._maintenance("prune dead letters") as conn:
-            return (
-                0 if conn is None else await retention.chunked(conn, retention.PRUNE_DEAD, before)
-            )
-
-    async def prune_quarantine(self, before: float) -> int:
-        async with self._maintenance("prune quarantine") as conn:
-            return (
-                0
-                if conn is None
-                else await retention.chunked(conn, retention.PRUNE_QUARANTINE, before)
-            )
-
-    async def find_orphans(self, configured: Sequence[str], now: float) -> list[Orphan]:
-        async with self._tx("find orphans") as conn:
-            return await retention.find_orphans(conn, list(configured), now)
-
-    async def purge_orphans(self, before: float) -> int:
-        async with self._maintenance("purge orphans") as conn:
-            return (
-                0
-                if conn is None
-                else await retention.chunked(conn, retention.PURGE_ORPHANS, before)
-            )
 
 
 async def _fan_out_routed(
