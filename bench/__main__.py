@@ -19,7 +19,9 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from bench import cluster, delivery, formats, many_idle, plots, polling, procs, report
+from bench import (
+    cluster, delivery, formats, many_idle, outside, plots, polling, procs, report, tenants,
+)  # fmt: skip
 from bench.ctx import Ctx
 from bench.plan import FULL, SMOKE
 from relay.sim.simulator import SimulatedWebFones
@@ -33,6 +35,9 @@ PHASES = (
     "latency",
     "cluster",
     "formats",
+    "e2e",
+    "https",
+    "tenants",
 )
 ANALYSIS = os.path.join(os.path.dirname(__file__), "analysis.md")
 
@@ -54,7 +59,10 @@ async def run(ctx: Ctx, only: set[str]) -> dict[str, float]:
     keys[delivery.UPSTREAM_KEY] = "quiet"
     keys.update(cluster.upstream_keys())
     keys.update(formats.upstream_keys())
+    keys[outside.E2E_KEY] = "e2e"
     sim = SimulatedWebFones(keys, seed=3)
+    if "e2e" in only:
+        outside.add_e2e_records(sim, ctx.sizes.e2e_records)
     upstream = await sim.start()
     try:
         if "throughput" in only:
@@ -86,6 +94,15 @@ async def run(ctx: Ctx, only: set[str]) -> dict[str, float]:
         if "formats" in only:
             async with timed(timings, "formats"):
                 await formats.formats(ctx, sim, upstream)
+        if "e2e" in only:
+            async with timed(timings, "e2e"):
+                await outside.endtoend(ctx, upstream)
+        if "https" in only:
+            async with timed(timings, "https"):
+                await outside.https(ctx, upstream)
+        if "tenants" in only:
+            async with timed(timings, "tenants"):
+                await tenants.cost_vs_scale(ctx)
     finally:
         await sim.stop()
     return timings
@@ -98,6 +115,7 @@ def write(ctx: Ctx, out: str, timings: dict[str, float], info: dict[str, str]) -
         ("sweep", "sweep", plots.throughput_vs_concurrency),
         ("latency", "latency", plots.latency_cdf),
         ("backlog", "backlog", plots.rss_vs_backlog),
+        ("tenants", "tenants", plots.cost_vs_scale),
     ]
     for key, section, make in makers:
         if key in ctx.data:

@@ -83,6 +83,18 @@ class Sizes:
     cluster_reps: int = 3  # (8) rounds of SQLite, PostgreSQL x1 and x3
     format_reps: int = 5  # (9) pairs of runs for each of format and filter
     filter_records: int = 50_000  # (9) records in the one upstream response of a filter run
+    e2e_records: int = 20_000  # (10) records in the one upstream answer
+    e2e_reps: int = 5  # (10) interleaved pairs (relay run, bare client)
+    tls_deliveries: int = 20_000  # (11) per HTTPS throughput run
+    tls_close_deliveries: int = 5_000  # (11) per run with a new connection for every request
+    tenants: tuple[int, ...] = (
+        10,
+        100,
+        1_000,
+    )  # (12) idle accounts (+ one subscriber each) per relay
+    tenant_seconds: float = 20.0  # (12) CPU window after start-up
+    tenant_poll: float = 5.0  # (12) poll interval of every account
+    tenants_full_only: int = 10_000  # (12) measured once, only if it starts within the bound below
 
 
 FULL = Sizes(
@@ -106,6 +118,14 @@ FULL = Sizes(
     throughput_reps=5,
     format_reps=5,
     filter_records=50_000,
+    e2e_records=20_000,
+    e2e_reps=5,
+    tls_deliveries=20_000,
+    tls_close_deliveries=5_000,
+    tenants=(10, 100, 1_000),
+    tenant_seconds=20.0,
+    tenant_poll=5.0,
+    tenants_full_only=10_000,
 )
 
 SMOKE = Sizes(
@@ -131,4 +151,12 @@ SMOKE = Sizes(
     cluster_reps=1,
     format_reps=1,
     filter_records=1_000,
+    e2e_records=1_000,
+    e2e_reps=1,
+    tls_deliveries=300,
+    tls_close_deliveries=100,
+    tenants=(5, 20),
+    tenant_seconds=2.0,
+    tenant_poll=1.0,
+    tenants_full_only=0,
 )

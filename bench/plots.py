@@ -78,3 +78,25 @@ def throughput_vs_concurrency(sweep: dict[int, dict[str, list[float]]], out: str
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, out, "throughput_vs_concurrency.png")
+
+
+def cost_vs_scale(data: dict[int, dict[str, list[float]]], out: str) -> str:
+    """CPU (% of one core) and RSS of an idle relay against its number of accounts."""
+    sizes = sorted(data)
+    fig, (cpu_ax, rss_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    for key, label in (("cpu", "relay"), ("bare_cpu", "bare aiohttp poller (same polls)")):
+        med, err = _errbars([data[n][key] for n in sizes])
+        cpu_ax.errorbar(sizes, med, yerr=err, marker="o", capsize=4, label=label)
+    for key, label in (("rss", "relay"), ("bare_rss", "bare aiohttp poller")):
+        med, err = _errbars([data[n][key] for n in sizes])
+        rss_ax.errorbar(sizes, med, yerr=err, marker="o", capsize=4, label=label)
+    for ax, ylabel in ((cpu_ax, "CPU (% of one core)"), (rss_ax, "RSS (MB)")):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("idle accounts (one key and one subscriber each)")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    cpu_ax.set_title("CPU of an idle relay vs tenants")
+    rss_ax.set_title("Memory of an idle relay vs tenants")
+    return _save(fig, out, "cost_vs_scale.png")

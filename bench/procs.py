@@ -11,12 +11,15 @@ import contextlib
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, BinaryIO, TypeVar
 
 import aiohttp
 import orjson
 import psutil
+import yaml
+
+C = TypeVar("C", bound="Child")
 
 
 class Child:
@@ -82,8 +85,16 @@ class Child:
 
 
 @contextlib.asynccontextmanager
-async def child(name: str, args: list[str], log_dir: str) -> AsyncIterator[Child]:
-    """Run ``python <args>`` with stderr to ``<log_dir>/<name>.log``; stop it on exit."""
+async def child(
+    name: str,
+    args: list[str],
+    log_dir: str,
+    env: dict[str, str] | None = None,
+    cls: type[C] = Child,  # type: ignore[assignment]
+) -> AsyncIterator[C]:
+    """Run ``python <args>`` with stderr to ``<log_dir>/<name>.log``; stop it on exit.
+
+    ``env`` adds to this process's environment (e.g. ``SSL_CERT_FILE`` for a throwaway CA)."""
     os.makedirs(log_dir, exist_ok=True)
     with open(os.path.join(log_dir, f"{name}.log"), "ab") as log:
         proc = await asyncio.create_subprocess_exec(
@@ -92,8 +103,9 @@ async def child(name: str, args: list[str], log_dir: str) -> AsyncIterator[Child
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=log,
+            env={**os.environ, **env} if env else None,
         )
-    handle = Child(proc, name)
+    handle = cls(proc, name)
     try:
         yield handle
     finally:
@@ -113,9 +125,93 @@ async def bench_receiver(
     mode: str, listeners: int, log_dir: str, name: str | None = None
 ) -> AsyncIterator[list[str]]:
     """A :mod:`bench.rx` receiver process; yields its URLs."""
-    args = ["-m", "bench.rx", "--mode", mode, "--listeners", str(listeners)]
-    async with child(name or f"rx-{mode}", args, log_dir) as rx:
-        yield orjson.loads(await rx.line(30))["urls"]
+    async with counting_receiver(mode, listeners, log_dir, name) as rx:
+        yield rx.urls
+
+
+class Receiver(Child):
+    """A :mod:`bench.rx` process: its URLs, and its counters read from outside."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, name: str) -> None:
+        super().__init__(proc, name)
+        self.urls: list[str] = []
+
+    async def stats(self) -> dict[str, Any]:
+        doc: dict[str, Any] = await http_json("GET", f"{self.urls[0]}/_stats")
+        return doc
+
+    async def reset(self) -> None:
+        await http_json("GET", f"{self.urls[0]}/_reset")
+
+    async def wait_count(self, want: int, timeout: float) -> dict[str, Any]:
+        """Poll ``/_stats`` (every 100 ms) until ``want`` requests arrived or ``timeout``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            doc = await self.stats()
+            if doc["requests"] >= want or loop.time() > deadline:
+                return doc
+            await asyncio.sleep(0.1)
+
+
+@contextlib.asynccontextmanager
+async def counting_receiver(
+    mode: str,
+    listeners: int,
+    log_dir: str,
+    name: str | None = None,
+    extra: Sequence[str] = (),
+) -> AsyncIterator[Receiver]:
+    """A :mod:`bench.rx` receiver process (``extra``: ``--tls CERT KEY``, ``--close``)."""
+    args = ["-m", "bench.rx", "--mode", mode, "--listeners", str(listeners), *extra]
+    async with child(name or f"rx-{mode}", args, log_dir, cls=Receiver) as rx:
+        rx.urls = orjson.loads(await rx.line(30))["urls"]
+        rx.url = rx.urls[0]
+        yield rx
+
+
+@contextlib.asynccontextmanager
+async def relay_run(
+    name: str,
+    settings: dict[str, Any],
+    scratch: str,
+    log_dir: str,
+    env: dict[str, str] | None = None,
+) -> AsyncIterator[Child]:
+    """``python -m relay run --config <settings as YAML>``, as a user starts it; yields once it
+    logged "relay running" (every task started). Its stderr goes to ``<log_dir>/<name>.log``."""
+    config = os.path.join(scratch, f"{name}.yaml")
+    with open(config, "w") as f:
+        yaml.safe_dump(settings, f)
+    os.makedirs(log_dir, exist_ok=True)
+    with open(os.path.join(log_dir, f"{name}.log"), "ab") as log:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "relay", "run", "--config", config,
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE, env={**os.environ, **env} if env else None,
+        )  # fmt: skip
+        handle = Child(proc, name)
+        copy: asyncio.Future[None] | None = None
+        try:
+            assert proc.stderr is not None
+            while True:  # the relay logs this line once every task is started
+                line = await asyncio.wait_for(proc.stderr.readline(), 300)
+                if not line:
+                    raise RuntimeError(f"{name} exited before it ran; see its log")
+                log.write(line)
+                if b"relay running" in line:
+                    break
+            copy = asyncio.ensure_future(_copy(proc.stderr, log))
+            yield handle
+        finally:
+            await handle.stop(60)
+            if copy is not None:
+                await copy
+
+
+async def _copy(stream: asyncio.StreamReader, log: BinaryIO) -> None:
+    while line := await stream.readline():
+        log.write(line)
 
 
 async def http_json(method: str, url: str) -> Any:

@@ -24,11 +24,15 @@ SECTIONS = (
     ("isolation", "7. Isolation"),
     ("cluster", "8. PostgreSQL and several instances"),
     ("formats", "9. Formats and filters"),
+    ("e2e", "10. End to end, measured at the receiver"),
+    ("https", "11. HTTPS"),
+    ("tenants", "12. Cost vs scale (idle tenants)"),
 )
 PLOTS = {
     "sweep": "throughput_vs_concurrency.png",
     "latency": "latency_cdf.png",
     "backlog": "rss_vs_backlog.png",
+    "tenants": "cost_vs_scale.png",
 }
 
 

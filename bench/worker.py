@@ -12,6 +12,7 @@ stdin. Jobs:
 * ``bare``: the baseline for throughput, a plain aiohttp client POSTing the same bodies to the
   same URLs at the same concurrency, with no storage and no signing.
 * ``bare_poll``: the baseline for idle cost, a plain aiohttp client polling once per interval.
+* ``bare_polls``: the same for N keys at once (the baseline of the cost-vs-scale rows).
 
 Every loop here is bounded by a count and by ``max_seconds``.
 """
@@ -398,12 +399,43 @@ async def pg_relay(job: dict[str, Any]) -> None:
     await pg_relay_job(job)
 
 
+async def bare_polls_job(job: dict[str, Any]) -> None:
+    """GET ``url`` once per ``interval`` for each of ``keys``, spread evenly over the interval:
+    the least N idle accounts can cost (one aiohttp session, one task per key)."""
+    import aiohttp
+
+    keys: list[str] = job["keys"]
+    interval: float = job["interval"]
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64))
+    emit("ready", rss_mb=rss_mb())
+    window: dict[str, float] = {}
+    rounds = int(job["max_seconds"] / interval) + 1
+
+    async def poll(i: int, key: str) -> None:
+        await asyncio.sleep(i * interval / len(keys))
+        for _ in range(rounds):
+            async with session.get(job["url"], headers={"x-api-key": key}) as resp:
+                await resp.read()
+            await asyncio.sleep(interval)
+
+    try:
+        pollers = [asyncio.ensure_future(poll(i, k)) for i, k in enumerate(keys)]
+        await _idle_window(job["idle_window"], window)
+        for p in pollers:
+            p.cancel()
+        await asyncio.gather(*pollers, return_exceptions=True)
+    finally:
+        await session.close()
+    emit("result", window=window, maxrss_mb=rusage()["maxrss_mb"])
+
+
 JOBS = {
     "build": build_job,
     "relay": relay_job,
     "bare": bare_job,
     "bare_poll": bare_poll_job,
     "pgrelay": pg_relay,
+    "bare_polls": bare_polls_job,
 }
 
 
