@@ -19,7 +19,10 @@ What it does, deliberately narrow:
   receiver costs a few KiB and microseconds of the event loop, never megabytes or seconds;
 * a large body is written after the head in slices, as the socket takes them (transport flow
   control), never copied into one buffer with the head;
-* TLS verified against the system's CAs with SNI (``ssl.create_default_context``);
+* TLS verified against the system's CAs with SNI (``ssl.create_default_context``'s settings),
+  and a new connection to a host offers the TLS session of an earlier one
+  (:class:`ResumingContext`): an abbreviated handshake instead of a full one, no certificate
+  chain sent or verified again, whenever a receiver closes a kept-alive connection;
 * redirects are never followed (the caller sees the 3xx), no cookies, no proxies, no
   compression (no ``Accept-Encoding`` is sent), interim ``1xx`` answers skipped;
 * a kept-alive connection that the receiver closed while idle is replaced, and the request sent
@@ -61,6 +64,7 @@ __all__ = [
     "Endpoint",
     "Http1Client",
     "Response",
+    "ResumingContext",
     "default_ssl_context",
 ]
 
@@ -124,6 +128,9 @@ class Endpoint:
             if conn is not None:
                 conn.abort()
             raise
+        if not reused and isinstance(self._ssl, ResumingContext):
+            # Once per new connection: the session that the next new one will offer.
+            self._ssl.remember(self._host, conn.tls_session())
         if conn.reusable and answer.error is None and not self._closed:
             conn.idle_since = time.monotonic()
             self._idle.append(conn)
@@ -188,12 +195,55 @@ class Http1Client:
             endpoint.close()
 
 
-_SSL_CONTEXT: ssl.SSLContext | None = None
+class ResumingContext(ssl.SSLContext):
+    """A client TLS context that offers, on a new connection, the session of an earlier
+    connection to the same server name (TLS 1.2 session id or ticket, TLS 1.3 ticket).
+
+    asyncio and uvloop take no ``session`` argument, but both build a connection's TLS object
+    with ``wrap_bio``, which does; this class supplies it. The key is the server name alone
+    (``wrap_bio`` is not told the port): a session offered to another server of the same name
+    is refused by it and the handshake is a full one, as it would have been. There are no
+    client certificates here, so a session carries nothing but the server's verified identity.
+    Build it with ``ResumingContext(ssl.PROTOCOL_TLS_CLIENT)`` (hostname checking on, certificate
+    required), then load trust (:func:`default_ssl_context` loads the system's CAs).
+    """
+
+    def __init__(self, protocol: int = ssl.PROTOCOL_TLS_CLIENT) -> None:
+        # ssl.SSLContext takes its protocol in __new__; nothing to pass on here.
+        super().__init__()
+        self._sessions: dict[str, ssl.SSLSession] = {}
+
+    def remember(self, server_hostname: str, session: ssl.SSLSession | None) -> None:
+        """Offer ``session`` to the next new connections to ``server_hostname``."""
+        if session is not None:
+            self._sessions[server_hostname] = session
+
+    def wrap_bio(  # type: ignore[override]
+        self,
+        incoming: ssl.MemoryBIO,
+        outgoing: ssl.MemoryBIO,
+        server_side: bool = False,
+        server_hostname: str | None = None,
+        session: ssl.SSLSession | None = None,
+    ) -> ssl.SSLObject:
+        if session is None and not server_side and server_hostname is not None:
+            session = self._sessions.get(server_hostname)
+        return super().wrap_bio(incoming, outgoing, server_side, server_hostname, session)
 
 
-def default_ssl_context() -> ssl.SSLContext:
-    """The system's CAs, hostname checking on; built once (loading CAs takes milliseconds)."""
+_SSL_CONTEXT: ResumingContext | None = None
+
+
+def default_ssl_context() -> ResumingContext:
+    """The system's CAs, hostname checking on, as ``ssl.create_default_context()`` sets them
+    up, resuming sessions; built once (loading CAs takes milliseconds)."""
     global _SSL_CONTEXT
     if _SSL_CONTEXT is None:
-        _SSL_CONTEXT = ssl.create_default_context()
+        template = ssl.create_default_context()
+        context = ResumingContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.options = template.options
+        context.verify_flags = template.verify_flags
+        context.minimum_version = template.minimum_version
+        context.load_default_certs(ssl.Purpose.SERVER_AUTH)
+        _SSL_CONTEXT = context
     return _SSL_CONTEXT

@@ -5,6 +5,7 @@ are in :mod:`relay.delivery.http1`, which also explains why this path exists."""
 from __future__ import annotations
 
 import asyncio
+import ssl
 from dataclasses import dataclass
 from typing import cast
 
@@ -130,6 +131,14 @@ class Connection(asyncio.Protocol):
             self._timer = None
         if self._transport is not None:
             self._transport.abort()
+
+    def tls_session(self) -> ssl.SSLSession | None:
+        """This connection's TLS session (None over plain TCP). Read after an answer: TLS 1.3
+        servers send their session tickets after the handshake, before the first answer."""
+        if self._transport is None:
+            return None
+        tls = self._transport.get_extra_info("ssl_object")
+        return tls.session if isinstance(tls, ssl.SSLObject) else None
 
     # -- asyncio.Protocol -------------------------------------------------------------------
 

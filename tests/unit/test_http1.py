@@ -766,6 +766,91 @@ async def test_trusted_certificate_works_and_keeps_the_connection(
     assert rx.connections() == 1
 
 
+def _loops() -> list[Any]:
+    """The event loops the relay runs on: asyncio's, and uvloop's when installed."""
+    loops: list[Any] = [pytest.param(asyncio.new_event_loop, id="asyncio")]
+    try:
+        import uvloop
+    except ImportError:
+        return loops
+    return [*loops, pytest.param(uvloop.new_event_loop, id="uvloop")]
+
+
+def closing_each(reused: list[bool]) -> Answer:
+    """Answers ``ok`` with ``Connection: close``, noting whether the TLS session was resumed
+    (read while the connection is open: a closed asyncio transport forgets its TLS object)."""
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        assert request.transport is not None
+        reused.append(request.transport.get_extra_info("ssl_object").session_reused)
+        return web.Response(body=b"ok", headers={"Connection": "close"})
+
+    return answer
+
+
+@pytest.mark.parametrize("loop_factory", _loops())
+@pytest.mark.parametrize(
+    "version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3], ids=["tls1.2", "tls1.3"]
+)
+def test_new_connections_to_a_host_resume_the_tls_session_of_an_earlier_one(
+    ca: trustme.CA, loop_factory: Callable[[], asyncio.AbstractEventLoop], version: ssl.TLSVersion
+) -> None:
+    """A receiver that closes every connection: each POST is a new TLS connection, and all but
+    the first resume the session (seen by the server: ``ssl_object.session_reused``)."""
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.maximum_version = version
+    ca.issue_cert("127.0.0.1").configure_cert(server_tls)
+    reused: list[bool] = []
+
+    async def scenario() -> list[str]:
+        trusting = http1.ResumingContext(ssl.PROTOCOL_TLS_CLIENT)
+        ca.configure_trust(trusting)
+        tls_client = Http1Client(ssl_context=trusting)
+        rx = Recorder(closing_each(reused))
+        url = await rx.start(ssl_context=server_tls)
+        try:
+            endpoint = tls_client.endpoint(f"{url}/x", {})
+            bodies = [(await post(endpoint)).body.decode() for _ in range(4)]
+        finally:
+            tls_client.close()
+            await rx.stop()
+        assert rx.connections() == 4
+        return bodies
+
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        bodies = runner.run(scenario())
+    assert bodies == ["ok"] * 4
+    assert reused == [False, True, True, True]
+
+
+async def test_a_plain_context_still_works_without_resuming(
+    ca: trustme.CA, server_tls: ssl.SSLContext
+) -> None:
+    """A caller's own ``ssl.SSLContext`` is used as it is: every new connection handshakes."""
+    reused: list[bool] = []
+    trusting = ssl.create_default_context()
+    ca.configure_trust(trusting)
+    tls_client = Http1Client(ssl_context=trusting)
+    rx = Recorder(closing_each(reused))
+    url = await rx.start(ssl_context=server_tls)
+    try:
+        endpoint = tls_client.endpoint(f"{url}/x", {})
+        assert [(await post(endpoint)).status for _ in range(2)] == [200, 200]
+    finally:
+        tls_client.close()
+        await rx.stop()
+    assert reused == [False, False]
+
+
+def test_default_context_verifies_like_create_default_context() -> None:
+    context, reference = http1.default_ssl_context(), ssl.create_default_context()
+    assert isinstance(context, http1.ResumingContext)
+    assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+    assert (context.options, context.verify_flags) == (reference.options, reference.verify_flags)
+    assert context.minimum_version == reference.minimum_version
+    assert len(context.get_ca_certs()) == len(reference.get_ca_certs())
+
+
 # --- 7. closing the client ----------------------------------------------------------------
 
 
