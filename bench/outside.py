@@ -228,7 +228,7 @@ async def https(ctx: Ctx, upstream: str) -> None:
     tls = Tls(ctx.scratch)
     env = tls.env
     sec = "https"
-    async with procs.counting_receiver("count", 1, ctx.logs, "rx-tls", tls.args()) as rx:
+    async with procs.counting_receiver("count", 1, ctx.logs, "rx-tls", tls.args(), tls.ca) as rx:
         for k in (1, 10):
             subs = [(f"s{i}", f"{rx.url}/s{i}") for i in range(k)]
             urls = [u for _, u in subs]
@@ -247,7 +247,9 @@ async def https(ctx: Ctx, upstream: str) -> None:
             )
     m = sz.tls_close_deliveries
     close_args = tls.args("--close")
-    async with procs.counting_receiver("count", 1, ctx.logs, "rx-tls-close", close_args) as rx:
+    async with procs.counting_receiver(
+        "count", 1, ctx.logs, "rx-tls-close", close_args, tls.ca
+    ) as rx:
         subs = [("s0", f"{rx.url}/s0")]
         relay, bare = await _pairs(
             ctx,

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import ssl
 import sys
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, BinaryIO, TypeVar
@@ -135,13 +136,14 @@ class Receiver(Child):
     def __init__(self, proc: asyncio.subprocess.Process, name: str) -> None:
         super().__init__(proc, name)
         self.urls: list[str] = []
+        self.tls: ssl.SSLContext | None = None  # trusts its certificate when it serves HTTPS
 
     async def stats(self) -> dict[str, Any]:
-        doc: dict[str, Any] = await http_json("GET", f"{self.urls[0]}/_stats")
+        doc: dict[str, Any] = await http_json("GET", f"{self.urls[0]}/_stats", self.tls)
         return doc
 
     async def reset(self) -> None:
-        await http_json("GET", f"{self.urls[0]}/_reset")
+        await http_json("GET", f"{self.urls[0]}/_reset", self.tls)
 
     async def wait_count(self, want: int, timeout: float) -> dict[str, Any]:
         """Poll ``/_stats`` (every 100 ms) until ``want`` requests arrived or ``timeout``."""
@@ -161,10 +163,14 @@ async def counting_receiver(
     log_dir: str,
     name: str | None = None,
     extra: Sequence[str] = (),
+    cafile: str | None = None,
 ) -> AsyncIterator[Receiver]:
-    """A :mod:`bench.rx` receiver process (``extra``: ``--tls CERT KEY``, ``--close``)."""
+    """A :mod:`bench.rx` receiver process (``extra``: ``--tls CERT KEY``, ``--close``;
+    ``cafile``: the CA this process trusts to read its counters over HTTPS)."""
     args = ["-m", "bench.rx", "--mode", mode, "--listeners", str(listeners), *extra]
     async with child(name or f"rx-{mode}", args, log_dir, cls=Receiver) as rx:
+        if cafile is not None:
+            rx.tls = ssl.create_default_context(cafile=cafile)
         rx.urls = orjson.loads(await rx.line(30))["urls"]
         rx.url = rx.urls[0]
         yield rx
@@ -179,7 +185,8 @@ async def relay_run(
     env: dict[str, str] | None = None,
 ) -> AsyncIterator[Child]:
     """``python -m relay run --config <settings as YAML>``, as a user starts it; yields once it
-    logged "relay running" (every task started). Its stderr goes to ``<log_dir>/<name>.log``."""
+    logged "relay running" (every task started), so the log level must be INFO or DEBUG. Its
+    stderr goes to ``<log_dir>/<name>.log``."""
     config = os.path.join(scratch, f"{name}.yaml")
     with open(config, "w") as f:
         yaml.safe_dump(settings, f)
@@ -214,10 +221,12 @@ async def _copy(stream: asyncio.StreamReader, log: BinaryIO) -> None:
         log.write(line)
 
 
-async def http_json(method: str, url: str) -> Any:
+async def http_json(method: str, url: str, tls: ssl.SSLContext | None = None) -> Any:
     async with (
         aiohttp.ClientSession() as session,
-        session.request(method, url, timeout=aiohttp.ClientTimeout(total=30)) as resp,
+        session.request(
+            method, url, timeout=aiohttp.ClientTimeout(total=30), ssl=tls or True
+        ) as resp,
     ):
         return orjson.loads(await resp.read())
 

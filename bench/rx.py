@@ -16,9 +16,9 @@ JSON line ``{"urls": [...]}`` when ready; it serves until SIGTERM, or at most ``
 ``GET /_stats`` returns ``{"requests": N, "first": t, "last": t, "connections": C}`` in every
 mode (``time.monotonic()``, one clock for every process on Linux; ``connections``: TCP
 connections accepted since the last reset, and ``resumed``, how many of them resumed a TLS
-session). ``--tls CERT KEY`` serves HTTPS with that chain and
-key; ``--close`` answers every request with ``Connection: close`` (a new connection per request).
-Loopback only; the process ends by itself after ``--max-seconds``.
+session; ``gap``, the longest pause between two arrivals). ``--tls CERT KEY`` serves HTTPS
+with that chain and key; ``--close`` answers every request with ``Connection: close`` (a new
+connection per request). Loopback only; the process ends by itself after ``--max-seconds``.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ class Counter:
         self.count = 0
         self.first = 0.0
         self.last = 0.0
+        self.gap = 0.0
         self.transports: set[object] = set()
         self.connections = 0
         self.resumed = 0  # TLS connections whose handshake resumed an earlier session
@@ -58,6 +59,8 @@ class Counter:
             now = time.monotonic()
             if not self.count:
                 self.first = now
+            elif now - self.last > self.gap:
+                self.gap = now - self.last  # the longest pause between two arrivals
             self.last = now
             self.count += 1
             # One transport per TCP connection: counting distinct ones costs a set lookup.
@@ -87,12 +90,13 @@ class Counter:
             "last": self.last,
             "connections": self.connections,
             "resumed": self.resumed,
+            "gap": self.gap,
         }
         return web.Response(body=orjson.dumps(doc), headers=_JSON)
 
     async def reset(self, request: web.Request) -> web.Response:
         self.count = self.connections = self.resumed = 0
-        self.first = self.last = 0.0
+        self.first = self.last = self.gap = 0.0
         self.transports.clear()
         return web.Response(body=_OK, headers=_JSON)
 

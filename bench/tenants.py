@@ -34,7 +34,6 @@ def _settings(state: str, upstream: str, rx: str, keys: list[str], poll: float) 
     )  # fmt: skip
     for i, sub in enumerate(doc["subscribers"]):
         sub["accounts"] = [f"a{i}"]  # one subscriber per account, as tenants are
-    doc["log"] = {"level": "WARNING"}  # nothing happens; the polls' DEBUG lines are off anyway
     return doc
 
 
@@ -148,7 +147,8 @@ async def cost_vs_scale(ctx: Ctx) -> None:
     ctx.note(
         "tenants",
         "`relay run` with N accounts (one API key each) and N subscribers (one per account, "
-        "`accounts: [aN]`), log level WARNING, no new calls; CPU is the process's user+system "
+        "`accounts: [aN]`), default log level (INFO: an empty poll logs nothing), no new "
+        "calls; CPU is the process's user+system "
         f"time over {sz.tenant_seconds:g} s after every account had polled once, read with "
         "psutil from outside, RSS at the end of that window. The bare poller (one aiohttp "
         "session, one task per key, polls spread over the interval) ran at the same time "
