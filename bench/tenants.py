@@ -22,8 +22,13 @@ from relay.sim.simulator import SimulatedWebFones, key_id
 STARTUP_BOUND = 180.0  # seconds for "relay running"; the largest size is skipped beyond it
 
 
+def _prefix(n: int, who: str) -> str:
+    return f"bench-tenant-{who}-{n}-"
+
+
 def _keys(n: int, who: str) -> list[str]:
-    return [f"bench-tenant-{who}-{n}-{i:05d}" for i in range(n)]
+    """As :func:`bench.worker.bare_polls_job` spells them."""
+    return [f"{_prefix(n, who)}{i:05d}" for i in range(n)]
 
 
 def _settings(state: str, upstream: str, rx: str, keys: list[str], poll: float) -> dict[str, Any]:
@@ -73,7 +78,8 @@ async def _bare(ctx: Ctx, upstream: str, keys: list[str], warmup: float) -> dict
     job = {
         "kind": "bare_polls",
         "url": f"{upstream}/call_log/records_after_timestamp?timestamp={upstream_ts(600)}",
-        "keys": keys,
+        "key_prefix": _prefix(len(keys), "bare"),
+        "keys": len(keys),
         "interval": sz.tenant_poll,
         "idle_window": {"warmup": warmup, "seconds": sz.tenant_seconds},
         "max_seconds": warmup + sz.tenant_seconds + 30,

@@ -404,7 +404,8 @@ async def bare_polls_job(job: dict[str, Any]) -> None:
     the least N idle accounts can cost (one aiohttp session, one task per key)."""
     import aiohttp
 
-    keys: list[str] = job["keys"]
+    # The keys are ``prefix`` + 00000, 00001, ... (10,000 of them would not fit in argv).
+    keys = [f"{job['key_prefix']}{i:05d}" for i in range(job["keys"])]
     interval: float = job["interval"]
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64))
     emit("ready", rss_mb=rss_mb())
