@@ -20,8 +20,17 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from bench import (
-    cluster, delivery, formats, many_idle, outside, plots, polling, procs, report, tenants,
-)  # fmt: skip
+    cluster,
+    delivery,
+    formats,
+    many_idle,
+    outside,
+    plots,
+    polling,
+    procs,
+    report,
+    tenants,
+)
 from bench.ctx import Ctx
 from bench.plan import FULL, SMOKE
 from relay.sim.simulator import SimulatedWebFones

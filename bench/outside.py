@@ -1,10 +1,10 @@
-"""Measured from outside the relay, as a user sets it up: (8) one big upstream answer delivered
-while it is still being ingested, and (9) HTTPS.
+"""Measured from outside the relay, as a user sets it up: (10) one big upstream answer delivered
+as it is polled, and (11) HTTPS.
 
 Rates here are the receiver's: requests counted by a :mod:`bench.rx` process from its first to
 its last request, for the relay and for a bare aiohttp client alike, in the same run and
-interleaved. The relay of (8) is ``python -m relay run`` with a YAML file (default log level,
-default poll interval); the relays of (9) are :mod:`bench.worker` jobs over a state filled by
+interleaved. The relay of (10) is ``python -m relay run`` with a YAML file (default log level,
+default poll interval); the relays of (11) are :mod:`bench.worker` jobs over a state filled by
 direct ingest, so that only the delivery path is compared.
 """
 
@@ -55,7 +55,7 @@ async def _bare(
     return stats
 
 
-# -- (8) end to end ---------------------------------------------------------------------------
+# -- (10) end to end ---------------------------------------------------------------------------
 
 
 def add_e2e_records(sim: SimulatedWebFones, n: int, minutes_ago: float = 10.0) -> None:
@@ -92,7 +92,7 @@ async def _relay_e2e(ctx: Ctx, rx: procs.Receiver, upstream: str, n: int) -> Sta
 
 
 async def endtoend(ctx: Ctx, upstream: str) -> None:
-    """(8) 20,000 records in one upstream answer, one subscriber 32 in flight, vs bare."""
+    """(10) 20,000 records in one upstream answer, one subscriber 32 in flight, vs bare."""
     sz = ctx.sizes
     n = sz.e2e_records
     runs: dict[str, list[Stats]] = {"relay": [], "bare": []}
@@ -144,7 +144,7 @@ async def endtoend(ctx: Ctx, upstream: str) -> None:
     )
 
 
-# -- (9) HTTPS --------------------------------------------------------------------------------
+# -- (11) HTTPS --------------------------------------------------------------------------------
 
 
 class Tls:
@@ -222,7 +222,7 @@ def _ratio_row(measure: str, relay: list[Stats], bare: list[Stats], ctx: Ctx, ta
 
 
 async def https(ctx: Ctx, upstream: str) -> None:
-    """(9) Relay vs bare aiohttp over TLS, 1 and 10 subscribers; then a new connection for
+    """(11) Relay vs bare aiohttp over TLS, 1 and 10 subscribers; then a new connection for
     every request (the receiver closes each), where TLS session resumption decides the cost."""
     sz = ctx.sizes
     n, c = sz.tls_deliveries, sz.concurrency

@@ -1,4 +1,4 @@
-"""(10) Cost vs scale: N idle accounts (one API key each) and one subscriber per account, nothing
+"""(12) Cost vs scale: N idle accounts (one API key each) and one subscriber per account, nothing
 to deliver, measured from outside the relay with psutil: CPU (% of one core) and RSS, and CPU
 per empty poll against a bare aiohttp poller sending the same polls in the same run.
 
