@@ -153,6 +153,16 @@ def _check_config(settings: Settings) -> int:
         f"config OK: {len(settings.upstream.accounts)} account(s), {len(subs)} subscriber(s), "
         f"state {mask_credentials(settings.state)}"
     )
+    if settings.upstream.poll_interval == "auto":
+        from relay.ingest.cadence import key_accounts
+        from relay.ingest.cadence import intervals as auto_intervals
+
+        every = auto_intervals(settings)
+        per_key = sorted({len(names) for names in key_accounts(settings).values()})
+        shown = sorted({round(v, 2) for v in every.values()})
+        span = f"{shown[0]:g}s" if len(shown) == 1 else f"{shown[0]:g}s to {shown[-1]:g}s"
+        counts = f"{per_key[0]}" if len(per_key) == 1 else f"{per_key[0]}–{per_key[-1]}"
+        print(f"poll_interval auto: each account polled every {span} ({counts} account(s) per key)")
     return EXIT_OK
 
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BeforeValidator
 
-__all__ = ["Duration", "PositiveDuration", "format_duration", "parse_duration"]
+__all__ = ["Duration", "PollInterval", "PositiveDuration", "format_duration", "parse_duration"]
 
 _MESSAGE = "must be a duration like 30s, 15m, 2h"
+_POLL_MESSAGE = 'must be "auto" or a duration like 5s, 500ms, 1m'
 
 # Seconds per unit. Units are lower case only, so ``1M`` (a month? a minute?) is rejected.
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -83,3 +84,19 @@ Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 PositiveDuration = Annotated[float, BeforeValidator(parse_duration), AfterValidator(_positive)]
 """Like :data:`Duration`, but zero is rejected (intervals, timeouts)."""
+
+
+def _auto_or_duration(value: object) -> float | str:
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    try:
+        return _positive(parse_duration(value))
+    except ValueError as exc:
+        if str(exc) == _MESSAGE:
+            raise ValueError(_POLL_MESSAGE) from None
+        raise
+
+
+PollInterval = Annotated[float | Literal["auto"], BeforeValidator(_auto_or_duration)]
+"""A :data:`PositiveDuration`, or ``"auto"``: as often as the API key's budget allows
+(:mod:`relay.core.cadence`)."""

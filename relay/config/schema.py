@@ -56,7 +56,7 @@ from relay.config.base import (
     _upper,
 )
 from relay.config.cluster import ClusterSettings
-from relay.config.durations import Duration, PositiveDuration, format_duration
+from relay.config.durations import Duration, PollInterval, PositiveDuration, format_duration
 from relay.config.file import Loc, expand_env_refs, read_yaml, render_loc
 from relay.config.subscriber import SubscriberSettings
 from relay.core.errors import ConfigError
@@ -115,7 +115,7 @@ class UpstreamSettings(_Section):
 
     base_url: str = "https://api.webfones.com:2343"
     timezone: str = "UTC"
-    poll_interval: PositiveDuration = 5.0
+    poll_interval: PollInterval = 5.0  # or "auto": relay.core.cadence
     lookback: PositiveDuration = 7200.0
     recent_window: PositiveDuration = DEFAULT_RECENT_WINDOW  # or lookback, if that is shorter
     sweep_interval: PositiveDuration = 300.0

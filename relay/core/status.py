@@ -108,6 +108,8 @@ class RuntimeAccount:
     health: str | None = None
     reason: str | None = None
     timeout: float = 30.0  # the upstream timeout, to judge a poll that does not end
+    interval: float = 0.0  # seconds between polls, as configured or as auto works it out
+    interval_auto: bool = False  # poll_interval: auto (relay.core.cadence)
 
     def count(self, outcome: str, reason: str | None) -> None:
         """Count one poll's outcome and remember it as the account's health."""

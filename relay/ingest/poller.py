@@ -53,6 +53,7 @@ from relay.ingest.announce import announce_new, warn_odd_stamps
 from relay.ingest.batch import Batch, PollState, check_repeats
 from relay.ingest.body import NON_FINITE, FetchResult, StreamAbandoned, StreamedBody
 from relay.ingest.budget import KeyBudget
+from relay.ingest.cadence import KeyCadence
 from relay.ingest.lease import AccountLease, LeaseLost
 from relay.ingest.rejects import Rejects
 from relay.ingest.routing import Router
@@ -85,6 +86,7 @@ class AccountPoller:
         notify: Callable[[list[str]], None],
         clock: Callable[[], float] = time.time,
         lease: AccountLease | None = None,
+        cadence: KeyCadence | None = None,
     ) -> None:
         up = settings.upstream
         self.name = account.name
@@ -96,6 +98,8 @@ class AccountPoller:
         self._store = store
         self._client = client
         self._budget = budget
+        # When to poll next (shared by the accounts on this key; alone on it when not given).
+        self._cadence = cadence or KeyCadence(up, [account.name])
         self._notify = notify
         self._clock = clock
         self._tz = ZoneInfo(up.timezone)
@@ -128,6 +132,7 @@ class AccountPoller:
         while self._requests and self._requests[0] <= now - per:
             self._requests.popleft()
         self.stats.requests_in_window = len(self._requests)
+        self.stats.interval, self.stats.interval_auto = self._cadence.interval, self._cadence.auto
         return copy.deepcopy(self.stats)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -144,8 +149,13 @@ class AccountPoller:
         if self.lease is None:
             await self.load()
         failures = 0
+        now = self._clock()
+        first = self._cadence.first_delay(self.name, now)
+        if first > 0:
+            self.stats.enter("waiting", now, now + first)
+            await wait_or_stop(stop, first)
         while not stop.is_set():
-            delay = self._settings.upstream.poll_interval
+            delay: float | None = None  # after a good poll: the cadence's
             if self.lease is not None and not await self.lease.turn(self.load):
                 # Another instance polls this account; ask again soon, so that when it dies
                 # we take over within the lease's ttl plus this.
@@ -185,7 +195,7 @@ class AccountPoller:
                 failures += 1
                 delay = upstream_backoff(
                     failures,
-                    base=self._settings.upstream.poll_interval,
+                    base=self._cadence.interval,
                     cap=BACKOFF_CAP,
                     jitter=random.random(),
                 )
@@ -215,6 +225,8 @@ class AccountPoller:
                 log.error("state store error: %s", exc, extra={"account": self.name})
                 self.stats.count("store_error", str(exc))
             now = self._clock()
+            if delay is None:
+                delay = self._cadence.delay(self.name, now)
             self.stats.enter("waiting", now, now + delay)
             await wait_or_stop(stop, delay)
 

@@ -28,7 +28,13 @@ from relay.ingest.poller import AccountPoller
 from relay.ops.control import ReloadResult
 from relay.runtime import maintenance
 from relay.runtime.reload import plan_reload
-from relay.runtime.wiring import Pipeline, make_client, make_dispatcher, make_poller
+from relay.runtime.wiring import (
+    Pipeline,
+    make_client,
+    make_dispatcher,
+    make_poller,
+    refresh_cadences,
+)
 
 log = logging.getLogger(__name__)
 
@@ -229,6 +235,7 @@ class Supervisor:
             self.pollers.append(poller)
             self._start_poller(poller)
         self.pipeline.share.accounts = len(self.pollers)  # this instance's share follows
+        refresh_cadences(self.pipeline, new)  # how many accounts share each key may have changed
         self.wake([s.name for s in plan.start_subscribers])
         kept: dict[str, int] = {}
         removed = [n for n in plan.stop_subscribers if n not in self.dispatchers]

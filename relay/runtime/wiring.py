@@ -23,6 +23,7 @@ from relay.delivery.results import ResultWriter
 from relay.delivery.scheduler import DeliveryScheduler
 from relay.delivery.sender import Sender
 from relay.ingest.budget import KeyBudget
+from relay.ingest.cadence import KeyCadence, key_accounts
 from relay.ingest.lease import AccountLease, LeaseShare
 from relay.ingest.poller import AccountPoller
 from relay.ingest.upstream import WebFonesClient
@@ -44,6 +45,7 @@ class Pipeline:
     delivery_client: Http1Client | None = None
     client: WebFonesClient | None = None
     budgets: dict[str, KeyBudget] = field(default_factory=dict)
+    cadences: dict[str, KeyCadence] = field(default_factory=dict)  # by API key, as budgets
     clock: Callable[[], float] = time.time
     # This process among the instances sharing the store (see relay.runtime.cluster).
     instance: str = ""
@@ -168,6 +170,12 @@ def make_poller(pipeline: Pipeline, account: AccountSettings, settings: Settings
             key_id=key_id(key),
             clock=pipeline.clock,
         )
+    names = key_accounts(settings).get(key, [account.name])
+    cadence = pipeline.cadences.get(key)
+    if cadence is None:
+        cadence = pipeline.cadences[key] = KeyCadence(settings.upstream, names)
+    else:
+        cadence.configure(settings.upstream, names)
     lease = None
     if pipeline.store.shared:
         ttl = settings.cluster.lease_ttl
@@ -183,4 +191,16 @@ def make_poller(pipeline: Pipeline, account: AccountSettings, settings: Settings
         pipeline.notify,
         pipeline.clock,
         lease,
+        cadence,
     )
+
+
+def refresh_cadences(pipeline: Pipeline, settings: Settings) -> None:
+    """After a reload: every key's schedule follows the new settings and the accounts now on
+    it (the pollers that kept running included); a key no longer used is forgotten."""
+    keys = key_accounts(settings)
+    for key in list(pipeline.cadences):
+        if key in keys:
+            pipeline.cadences[key].configure(settings.upstream, keys[key])
+        else:
+            del pipeline.cadences[key]

@@ -460,3 +460,14 @@ async def test_no_secret_reaches_any_log_or_output_at_debug(sim, receiver_factor
     for output in (text, status.stdout, status.stderr, *served):
         for secret in [*SECRETS, KEY_A, broken_key]:
             assert secret not in output
+
+
+def test_check_config_shows_what_auto_works_out_to(tmp_path, capsys) -> None:
+    doc = copy.deepcopy(BASE)
+    doc["upstream"]["poll_interval"] = "auto"
+    assert cli.main(["check-config", "-c", str(write(tmp_path, doc))]) == cli.EXIT_OK
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("config OK")
+    # The default budget (900 per 15 min), one account per key: 909/891 s / 0.9.
+    assert out[1] == "poll_interval auto: each account polled every 1.13s (1 account(s) per key)"
+    assert_no_secrets("\n".join(out))

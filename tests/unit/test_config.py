@@ -55,6 +55,7 @@ BASE: dict[str, Any] = {
     "admin": {"listen": "0.0.0.0:8081", "token": ADMIN_TOKEN},
 }
 
+POLL_PROBLEM = 'must be "auto" or a duration like 5s, 500ms, 1m'
 DROP = object()  # a patch value meaning "remove this key"
 
 
@@ -328,6 +329,38 @@ def test_empty_sections_mean_defaults(tmp_path: Path) -> None:
     assert (s.delivery.batch_size, s.log.level) == (256, "INFO")
 
 
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("auto", "auto"), ("AUTO", "auto"), (" Auto ", "auto"), ("2s", 2.0), (3, 3.0), ("500ms", 0.5)],
+)
+def test_poll_interval_is_auto_or_a_duration(
+    tmp_path: Path, value: object, expected: object
+) -> None:
+    s = load_settings(write(tmp_path, patched(("upstream.poll_interval", value))), {})
+    assert s.upstream.poll_interval == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("automatic", POLL_PROBLEM),
+        ("5 mins", POLL_PROBLEM),
+        (True, POLL_PROBLEM),
+        (-1, POLL_PROBLEM),
+        ("0s", "must be greater than 0s"),
+    ],
+)
+def test_a_bad_poll_interval_is_one_line(tmp_path: Path, value: object, problem: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write(tmp_path, patched(("upstream.poll_interval", value))), {})
+    assert caught.value.problems == [f"upstream.poll_interval: {problem}"]
+
+
+def test_poll_interval_auto_from_the_environment(tmp_path: Path) -> None:
+    s = load_settings(write(tmp_path, BASE), {"RELAY_UPSTREAM__POLL_INTERVAL": "auto"})
+    assert s.upstream.poll_interval == "auto"
+
+
 def test_settings_are_immutable(tmp_path: Path) -> None:
     s = load_settings(write(tmp_path, BASE), {})
     with pytest.raises(ValidationError):
@@ -558,7 +591,7 @@ INVALID = [
     case("start-month", START_PROBLEM, ("upstream.start_from", "2025-13-01 00:00:00")),
     case(
         "duration",
-        f"upstream.poll_interval: {DURATION_PROBLEM}",
+        f"upstream.poll_interval: {POLL_PROBLEM}",
         ("upstream.poll_interval", "5 mins"),
     ),
     case("zero-duration", "upstream.timeout: must be greater than 0s", ("upstream.timeout", 0)),
@@ -666,7 +699,7 @@ INVALID = [
     ),
     case(
         "env-bad-value",
-        f"upstream.poll_interval: {DURATION_PROBLEM}",
+        f"upstream.poll_interval: {POLL_PROBLEM}",
         RELAY_UPSTREAM__POLL_INTERVAL="fast",
     ),
     case(
