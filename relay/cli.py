@@ -154,8 +154,8 @@ def _check_config(settings: Settings) -> int:
         f"state {mask_credentials(settings.state)}"
     )
     if settings.upstream.poll_interval == "auto":
-        from relay.ingest.cadence import key_accounts
         from relay.ingest.cadence import intervals as auto_intervals
+        from relay.ingest.cadence import key_accounts
 
         every = auto_intervals(settings)
         per_key = sorted({len(names) for names in key_accounts(settings).values()})
