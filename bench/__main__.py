@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from bench import (
+    auto,
     cluster,
     delivery,
     formats,
@@ -47,6 +48,7 @@ PHASES = (
     "e2e",
     "https",
     "tenants",
+    "auto",
 )
 ANALYSIS = os.path.join(os.path.dirname(__file__), "analysis.md")
 
@@ -112,6 +114,9 @@ async def run(ctx: Ctx, only: set[str]) -> dict[str, float]:
         if "tenants" in only:
             async with timed(timings, "tenants"):
                 await tenants.cost_vs_scale(ctx)
+        if "auto" in only:
+            async with timed(timings, "auto"):
+                await auto.auto(ctx)
     finally:
         await sim.stop()
     return timings
@@ -125,6 +130,7 @@ def write(ctx: Ctx, out: str, timings: dict[str, float], info: dict[str, str]) -
         ("latency", "latency", plots.latency_cdf),
         ("backlog", "backlog", plots.rss_vs_backlog),
         ("tenants", "tenants", plots.cost_vs_scale),
+        ("auto", "auto", plots.auto_latency),
     ]
     for key, section, make in makers:
         if key in ctx.data:

@@ -95,6 +95,10 @@ class Sizes:
     tenant_seconds: float = 20.0  # (12) CPU window after start-up
     tenant_poll: float = 5.0  # (12) poll interval of every account
     tenants_full_only: int = 10_000  # (12) measured once, only if it starts within the bound below
+    auto_accounts: tuple[int, ...] = (1, 2, 5)  # (13) accounts on one key, poll_interval: auto
+    auto_budget: tuple[int, float] = (30, 30.0)  # (13) requests per seconds, per key
+    auto_seconds: float = 40.0  # (13) calls written for this long per run
+    auto_rate: float = 5.0  # (13) calls per second per key
 
 
 FULL = Sizes(
@@ -159,4 +163,8 @@ SMOKE = Sizes(
     tenant_seconds=2.0,
     tenant_poll=1.0,
     tenants_full_only=0,
+    auto_accounts=(1, 2),
+    auto_budget=(4, 1.0),
+    auto_seconds=4.0,
+    auto_rate=5.0,
 )

@@ -100,3 +100,21 @@ def cost_vs_scale(data: dict[int, dict[str, list[float]]], out: str) -> str:
     cpu_ax.set_title("CPU of an idle relay vs tenants")
     rss_ax.set_title("Memory of an idle relay vs tenants")
     return _save(fig, out, "cost_vs_scale.png")
+
+
+def auto_latency(data: dict[str, Any], out: str) -> str:
+    """(13) p50/p99 against the floor, per accounts on one key (poll_interval: auto)."""
+    n = data["accounts"]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key, floor, label in (("p50", "floor50", "p50"), ("p99", "floor99", "p99")):
+        med, err = _errbars(data[key])
+        line = ax.errorbar(n, med, yerr=err, marker="o", capsize=4, label=f"{label}, measured")
+        ax.plot(n, data[floor], ls="--", color=line[0].get_color(), label=f"{label} floor")
+    ax.set_xlabel("accounts on one API key")
+    ax.set_ylabel("visible upstream → received (ms)")
+    ax.set_xticks(n)
+    ax.set_ylim(bottom=0)
+    ax.set_title("poll_interval: auto, latency vs the floor the budget allows")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, out, "auto_latency.png")

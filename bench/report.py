@@ -27,12 +27,14 @@ SECTIONS = (
     ("e2e", "10. End to end, measured at the receiver"),
     ("https", "11. HTTPS"),
     ("tenants", "12. Cost vs scale (idle tenants)"),
+    ("auto", "13. Poll interval auto"),
 )
 PLOTS = {
     "sweep": "throughput_vs_concurrency.png",
     "latency": "latency_cdf.png",
     "backlog": "rss_vs_backlog.png",
     "tenants": "cost_vs_scale.png",
+    "auto": "auto_latency.png",
 }
 
 
