@@ -182,7 +182,8 @@ def _report(
                 f"p50, {label} (every {interval:.2f} s)",
                 "≤ 1.10 × floor" if n else "informational",
                 f"{fmt(p50, ' ms')}; ratio {fmt(ratio, '', 2)}",
-                f"floor interval/2: {floor50:.0f} ms",
+                f"floor interval/2: {floor50:.0f} ms"
+                + (f"; whole budget, no reserve: {500 * n * per / requests:.0f} ms" if n else ""),
                 ctx.check(ratio.median <= 1.10) if n else None,
             ),
         )
@@ -217,7 +218,7 @@ def _report(
     ctx.note(
         "auto",
         f"Budget {requests} requests per {per:g} s per key ({requests / per:g} a second on "
-        "average, as the default 900 per 15 min); calls written at {sz.auto_rate:g}/s per key for "
+        f"average, as the default 900 per 15 min); calls written at {sz.auto_rate:g}/s per key for "
         f"{sz.auto_seconds:g} s per run, every account's records to its own subscriber. The "
         "floor is q × interval: the wait for the next poll alone, with interval from "
         "relay.core.cadence (the bucket's steady rate less a 10 % reserve, divided by the "

@@ -115,7 +115,7 @@ class UpstreamSettings(_Section):
 
     base_url: str = "https://api.webfones.com:2343"
     timezone: str = "UTC"
-    poll_interval: PollInterval = 5.0  # or "auto": relay.core.cadence
+    poll_interval: PollInterval = "auto"  # or seconds: relay.core.cadence
     lookback: PositiveDuration = 7200.0
     recent_window: PositiveDuration = DEFAULT_RECENT_WINDOW  # or lookback, if that is shorter
     sweep_interval: PositiveDuration = 300.0

@@ -48,6 +48,7 @@ METRIC_NAMES = (
     "relay_upstream_budget_limit",
     "relay_account_status",
     "relay_poller_stuck",
+    "relay_poll_interval_seconds",
     "relay_deliveries_total",
     "relay_delivery_attempt_duration_seconds",
     "relay_queue_depth",
@@ -110,6 +111,11 @@ class StatusCollector(Collector):
         stuck = GaugeMetricFamily(
             "relay_poller_stuck", "1 when the poller does not turn.", labels=lbl
         )
+        interval = GaugeMetricFamily(
+            "relay_poll_interval_seconds",
+            "Seconds between polls (as configured, or what poll_interval auto works out to).",
+            labels=[*lbl, "mode"],
+        )
         for name in status.config_accounts:
             account = status.pollers.get(name, RuntimeAccount(phase="stopped"))
             for outcome, n in account.outcomes.items():
@@ -125,7 +131,10 @@ class StatusCollector(Collector):
             for state in ACCOUNT_STATUSES:
                 health.add_metric([name, state], float(current == state))
             stuck.add_metric([name], float(poller_problem(name, account, status.at) is not None))
-        yield from (polls, limited, ingested, lag, spent, limit, health, stuck)
+            if account.interval > 0:
+                mode = "auto" if account.interval_auto else "fixed"
+                interval.add_metric([name, mode], account.interval)
+        yield from (polls, limited, ingested, lag, spent, limit, health, stuck, interval)
 
     def _subscribers(self) -> Iterator[Metric]:
         status = self._status

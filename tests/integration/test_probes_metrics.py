@@ -78,6 +78,7 @@ async def test_probes_and_metrics_of_a_running_relay(sim, receiver_factory, tmp_
     assert value(found, "relay_upstream_rate_limited_total", account="alpha") == 0.0
     assert value(found, "relay_account_status", account="alpha", status="ok") == 1.0
     assert value(found, "relay_poller_stuck", account="alpha") == 0.0
+    assert value(found, "relay_poll_interval_seconds", account="alpha", mode="fixed") == 0.1
     assert value(found, "relay_cursor_lag_seconds", account="alpha") >= 19.0
     assert value(found, "relay_upstream_budget_spent", account="alpha") >= 1.0
     assert value(found, "relay_upstream_budget_limit", account="alpha") == 100000.0

@@ -292,7 +292,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert up.base_url == "https://api.webfones.com:2343"
     assert (up.timezone, up.start_from) == ("UTC", "now")
     assert (up.poll_interval, up.lookback, up.recent_window, up.sweep_interval) == (
-        5.0,
+        "auto",
         7200.0,
         600.0,
         300.0,

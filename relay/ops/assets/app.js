@@ -48,6 +48,13 @@ function duration(seconds) {
   return `${(seconds / 3600).toFixed(1)}h`;
 }
 
+function every(poller) {
+  const s = poller.interval;
+  if (!s) return "–";
+  const text = s < 10 ? `${s.toFixed(s < 1 ? 2 : 1)}s` : duration(s);
+  return poller.interval_auto ? `${text} (auto)` : text;
+}
+
 function clock(epoch) {
   return new Date(epoch * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" });
 }
@@ -122,6 +129,7 @@ function renderStatus(status) {
     return `<tr data-testid="account-row" data-name="${esc(name)}"><td><b>${esc(name)}</b></td>
       <td title="${esc(p.reason || "")}">${accountPill(p.health || stored.status)}</td>
       <td><code>${esc(stored.cursor || "–")}</code></td><td>${duration(p.lag_seconds)}</td>
+      <td title="${p.interval_auto ? "poll_interval: auto" : "poll_interval"}">${every(p)}</td>
       <td>${p.outcomes.ok}</td><td>${p.outcomes.rate_limited}</td><td>${p.ingested}</td></tr>`;
   }).join("");
 
