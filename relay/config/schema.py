@@ -116,6 +116,8 @@ class UpstreamSettings(_Section):
     base_url: str = "https://api.webfones.com:2343"
     timezone: str = "UTC"
     poll_interval: PollInterval = "auto"  # or seconds: relay.core.cadence
+    # With poll_interval auto: all accounts of this instance together poll at most this often.
+    auto_max_polls_per_second: float = Field(default=200.0, gt=0, le=100_000)
     lookback: PositiveDuration = 7200.0
     recent_window: PositiveDuration = DEFAULT_RECENT_WINDOW  # or lookback, if that is shorter
     sweep_interval: PositiveDuration = 300.0

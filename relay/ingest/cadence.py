@@ -17,22 +17,36 @@ from relay.core.cadence import auto_interval, next_slot, phase
 class KeyCadence:
     """The poll schedule of the accounts on one API key."""
 
-    def __init__(self, upstream: UpstreamSettings, accounts: Iterable[str]) -> None:
+    def __init__(
+        self, upstream: UpstreamSettings, accounts: Iterable[str], host_accounts: int = 0
+    ) -> None:
         self.auto = False
         self.interval = 0.0
         self.accounts: list[str] = []
-        self.configure(upstream, accounts)
+        self._phases: dict[str, float] = {}
+        self.configure(upstream, accounts, host_accounts)
 
-    def configure(self, upstream: UpstreamSettings, accounts: Iterable[str]) -> None:
-        """Take up the settings and the names of the accounts on this key (after a reload)."""
+    def configure(
+        self, upstream: UpstreamSettings, accounts: Iterable[str], host_accounts: int = 0
+    ) -> None:
+        """Take up the settings, the names of the accounts on this key and how many accounts
+        the instance has in all (after a reload)."""
         self.accounts = sorted(set(accounts))
+        # Worked out once here, not per poll: a key may carry many accounts.
+        self._phases = {name: phase(name, self.accounts) for name in self.accounts}
         poll = upstream.poll_interval
         self.auto = poll == "auto"
         if isinstance(poll, str):
             limit = upstream.rate_limit
             # Divided by every account configured on the key, not only those this instance
             # polls: on a shared store the others' instances spend the same budget.
-            self.interval = auto_interval(limit.requests, limit.per, max(1, len(self.accounts)))
+            self.interval = auto_interval(
+                limit.requests,
+                limit.per,
+                max(1, len(self.accounts)),
+                host_accounts=host_accounts,
+                host_rate=upstream.auto_max_polls_per_second,
+            )
         else:
             self.interval = poll
 
@@ -45,7 +59,7 @@ class KeyCadence:
         """How long ``name`` waits, after a poll that ended at ``now``, for its next one."""
         if not self.auto:
             return self.interval
-        return next_slot(now, self.interval, phase(name, self.accounts)) - now
+        return next_slot(now, self.interval, self._phases.get(name, 0.0)) - now
 
 
 def key_accounts(settings: Settings) -> dict[str, list[str]]:
@@ -59,7 +73,8 @@ def key_accounts(settings: Settings) -> dict[str, list[str]]:
 def intervals(settings: Settings) -> dict[str, float]:
     """The poll interval of every account (what ``auto`` works out to), by account name."""
     found: dict[str, float] = {}
+    total = len(settings.upstream.accounts)
     for names in key_accounts(settings).values():
-        cadence = KeyCadence(settings.upstream, names)
+        cadence = KeyCadence(settings.upstream, names, total)
         found.update(dict.fromkeys(names, cadence.interval))
     return found

@@ -46,6 +46,7 @@ class Pipeline:
     client: WebFonesClient | None = None
     budgets: dict[str, KeyBudget] = field(default_factory=dict)
     cadences: dict[str, KeyCadence] = field(default_factory=dict)  # by API key, as budgets
+    key_accounts: tuple[Settings, dict[str, list[str]]] | None = None  # see _key_accounts
     clock: Callable[[], float] = time.time
     # This process among the instances sharing the store (see relay.runtime.cluster).
     instance: str = ""
@@ -170,12 +171,13 @@ def make_poller(pipeline: Pipeline, account: AccountSettings, settings: Settings
             key_id=key_id(key),
             clock=pipeline.clock,
         )
-    names = key_accounts(settings).get(key, [account.name])
+    names = _key_accounts(pipeline, settings).get(key, [account.name])
+    total = len(settings.upstream.accounts)
     cadence = pipeline.cadences.get(key)
     if cadence is None:
-        cadence = pipeline.cadences[key] = KeyCadence(settings.upstream, names)
+        cadence = pipeline.cadences[key] = KeyCadence(settings.upstream, names, total)
     else:
-        cadence.configure(settings.upstream, names)
+        cadence.configure(settings.upstream, names, total)
     lease = None
     if pipeline.store.shared:
         ttl = settings.cluster.lease_ttl
@@ -195,12 +197,22 @@ def make_poller(pipeline: Pipeline, account: AccountSettings, settings: Settings
     )
 
 
+def _key_accounts(pipeline: Pipeline, settings: Settings) -> dict[str, list[str]]:
+    """:func:`key_accounts` of ``settings``, worked out once per settings object: asked for by
+    each of N pollers, a scan of the N accounts each would make start-up quadratic."""
+    cached = pipeline.key_accounts
+    if cached is None or cached[0] is not settings:
+        cached = pipeline.key_accounts = (settings, key_accounts(settings))
+    return cached[1]
+
+
 def refresh_cadences(pipeline: Pipeline, settings: Settings) -> None:
     """After a reload: every key's schedule follows the new settings and the accounts now on
     it (the pollers that kept running included); a key no longer used is forgotten."""
-    keys = key_accounts(settings)
+    keys = _key_accounts(pipeline, settings)
+    total = len(settings.upstream.accounts)
     for key in list(pipeline.cadences):
         if key in keys:
-            pipeline.cadences[key].configure(settings.upstream, keys[key])
+            pipeline.cadences[key].configure(settings.upstream, keys[key], total)
         else:
             del pipeline.cadences[key]

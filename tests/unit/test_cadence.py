@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -12,6 +13,7 @@ from relay.core.cadence import (
     RESERVE,
     auto_interval,
     budget_spacing,
+    key_shift,
     latency_floor,
     next_slot,
     phase,
@@ -66,6 +68,7 @@ def test_spacing_is_the_buckets_drain_rate() -> None:
         ({"accounts": 0}, "accounts must be at least 1"),
         ({"accounts": 1, "reserve": 1.0}, "reserve must be in"),
         ({"accounts": 1, "reserve": -0.1}, "reserve must be in"),
+        ({"accounts": 1, "host_rate": 0.0}, "host_rate must be positive"),
     ],
 )
 def test_auto_interval_refuses(kwargs: dict[str, float], message: str) -> None:
@@ -74,18 +77,62 @@ def test_auto_interval_refuses(kwargs: dict[str, float], message: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "names", "expected"),
+    ("name", "names", "place"),
     [
         ("a", ["a"], 0.0),
         ("a", ["b", "a"], 0.0),
         ("b", ["b", "a"], 0.5),
         ("c", ["a", "b", "c", "d", "e"], 0.4),
         ("c", ["c", "a", "c"], 0.5),  # duplicates count once
-        ("zz", ["a", "b"], 0.0),  # not (or no longer) on the key: no offset
     ],
 )
-def test_phase(name: str, names: list[str], expected: float) -> None:
-    assert phase(name, names) == expected
+def test_phase(name: str, names: list[str], place: float) -> None:
+    # Its place among the key's accounts, shifted by the key's own fraction of one slot.
+    expected = (place + key_shift(names) / len(set(names))) % 1.0
+    assert phase(name, names) == pytest.approx(expected, abs=1e-12)
+
+
+def test_phase_of_an_account_not_on_the_key_is_zero() -> None:
+    assert phase("zz", ["a", "b"]) == 0.0  # not (or no longer) on the key: no offset
+
+
+def test_phases_of_one_key_stay_evenly_apart() -> None:
+    names = [f"acct-{i}" for i in range(7)]
+    offsets = sorted(phase(n, names) for n in names)
+    gaps = [b - a for a, b in itertools.pairwise(offsets)] + [1 + offsets[0] - offsets[-1]]
+    assert gaps == pytest.approx([1 / 7] * 7)
+
+
+def test_keys_of_one_account_each_spread_over_the_interval() -> None:
+    # A host with 1,000 keys of one account each: without a shift they would all poll in the
+    # same instant of every interval. With it, no tenth of the interval holds more than twice
+    # its share.
+    offsets = [phase(f"tenant-{i}", [f"tenant-{i}"]) for i in range(1_000)]
+    assert all(0.0 <= o < 1.0 for o in offsets)
+    tenths = [0] * 10
+    for o in offsets:
+        tenths[int(o * 10)] += 1
+    assert max(tenths) <= 200
+    # Stable: the same names give the same shift in any process (crc32, not a salted hash).
+    assert key_shift(["b", "a"]) == key_shift(["a", "b", "a"])
+    assert key_shift(["a"]) == pytest.approx(0xE8B7BE43 / 2**32)
+
+
+@pytest.mark.parametrize(
+    ("host_accounts", "host_rate", "expected"),
+    [
+        (0, 200.0, 909 / 891 / 0.9),  # no host cap named: the budget's floor
+        (100, 200.0, 909 / 891 / 0.9),  # 100 accounts at 1.13 s: 88 polls/s, under the cap
+        (1_000, 200.0, 5.0),  # 1,000 accounts share 200 polls/s: every 5 s
+        (10_000, 200.0, 50.0),
+        (10_000, 1_000.0, 10.0),
+    ],
+)
+def test_host_rate_caps_all_accounts_together(
+    host_accounts: int, host_rate: float, expected: float
+) -> None:
+    got = auto_interval(900, 900.0, 1, host_accounts=host_accounts, host_rate=host_rate)
+    assert got == pytest.approx(expected, rel=1e-12)
 
 
 @pytest.mark.parametrize(
