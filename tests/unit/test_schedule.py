@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from relay.core.schedule import START_BURST, START_RATE, next_due, start_offset
+from relay.core.schedule import SLOT, START_BURST, START_RATE, next_due, start_offset
 
 
 @pytest.mark.parametrize(
@@ -15,7 +15,7 @@ from relay.core.schedule import START_BURST, START_RATE, next_due, start_offset
         (START_BURST - 1, START_BURST, 5.0, 0.0),
         (0, 1_000, 5.0, 0.0),  # the first of many still polls at once
         (500, 1_000, 5.0, 2.5),  # 1,000 at 5 s: spread over the whole interval
-        (999, 1_000, 5.0, 4.995),
+        (999, 1_000, 5.0, 4.9),  # in whole slots: a slot's accounts wake together
         (5_000, 10_000, 30.0, 15.0),  # 10,000 at 30 s: over the interval too
         (500, 1_000, 3600.0, 1_000 / START_RATE / 2),  # a long interval: at START_RATE
         (10, 1_000, 0.0, 0.0),  # no interval, no spread
@@ -28,7 +28,8 @@ def test_start_offset(index: int, count: int, interval: float, expected: float) 
 def test_start_offsets_stay_within_one_interval() -> None:
     offsets = [start_offset(i, 10_000, 30.0) for i in range(10_000)]
     assert offsets == sorted(offsets)
-    assert 0.0 <= offsets[0] and offsets[-1] < 30.0
+    assert len(set(offsets)) == 30.0 / SLOT  # every slot used, each by as many accounts
+    assert offsets[0] >= 0.0 and offsets[-1] < 30.0
 
 
 @pytest.mark.parametrize(
