@@ -95,6 +95,8 @@ class Sizes:
     tenant_seconds: float = 20.0  # (12) CPU window after start-up
     tenant_poll: float = 5.0  # (12) poll interval of every account
     tenants_full_only: int = 10_000  # (12) measured once, only if it starts within the bound below
+    tenant_poll_full: float = 30.0  # (12) the poll interval of that largest size (the issue's)
+    tenant_seconds_full: float = 60.0  # (12) its CPU window: two intervals, for lateness
 
 
 FULL = Sizes(
@@ -126,6 +128,8 @@ FULL = Sizes(
     tenant_seconds=20.0,
     tenant_poll=5.0,
     tenants_full_only=10_000,
+    tenant_poll_full=30.0,
+    tenant_seconds_full=60.0,
 )
 
 SMOKE = Sizes(
@@ -159,4 +163,6 @@ SMOKE = Sizes(
     tenant_seconds=2.0,
     tenant_poll=1.0,
     tenants_full_only=0,
+    tenant_poll_full=1.0,
+    tenant_seconds_full=2.0,
 )
