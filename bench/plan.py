@@ -99,6 +99,8 @@ class Sizes:
     auto_budget: tuple[int, float] = (30, 30.0)  # (13) requests per seconds, per key
     auto_seconds: float = 40.0  # (13) calls written for this long per run
     auto_rate: float = 5.0  # (13) calls per second per key
+    tenant_poll_full: float = 30.0  # (12) the poll interval of that largest size (the issue's)
+    tenant_seconds_full: float = 60.0  # (12) its CPU window: two intervals, for lateness
 
 
 FULL = Sizes(
@@ -130,6 +132,8 @@ FULL = Sizes(
     tenant_seconds=20.0,
     tenant_poll=5.0,
     tenants_full_only=10_000,
+    tenant_poll_full=30.0,
+    tenant_seconds_full=60.0,
 )
 
 SMOKE = Sizes(
@@ -167,4 +171,6 @@ SMOKE = Sizes(
     auto_budget=(4, 1.0),
     auto_seconds=4.0,
     auto_rate=5.0,
+    tenant_poll_full=1.0,
+    tenant_seconds_full=2.0,
 )

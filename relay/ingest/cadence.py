@@ -8,10 +8,12 @@ share the key applies to the pollers already running at their next wait.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 from relay.config.schema import Settings, UpstreamSettings
 from relay.core.cadence import auto_interval, next_slot, phase
+from relay.core.schedule import SLOT
 
 
 class KeyCadence:
@@ -32,8 +34,6 @@ class KeyCadence:
         """Take up the settings, the names of the accounts on this key and how many accounts
         the instance has in all (after a reload)."""
         self.accounts = sorted(set(accounts))
-        # Worked out once here, not per poll: a key may carry many accounts.
-        self._phases = {name: phase(name, self.accounts) for name in self.accounts}
         poll = upstream.poll_interval
         self.auto = poll == "auto"
         if isinstance(poll, str):
@@ -49,6 +49,13 @@ class KeyCadence:
             )
         else:
             self.interval = poll
+        # Worked out once here, not per poll (a key may carry many accounts), and in whole
+        # SLOTs of time: accounts of many keys whose slots fall within one wake up together,
+        # in one turn of the event loop (relay.core.schedule says what that saves).
+        step = SLOT / self.interval
+        self._phases = {
+            name: math.floor(phase(name, self.accounts) / step) * step for name in self.accounts
+        }
 
     def first_delay(self, name: str, now: float) -> float:
         """How long ``name`` waits before its first poll: none with a fixed interval (as

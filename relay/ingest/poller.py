@@ -40,6 +40,7 @@ from relay.core.errors import (
 )
 from relay.core.models import AccountCursor, CallRecord, IngestBatch, Quarantined
 from relay.core.retry import upstream_backoff
+from relay.core.schedule import next_due
 from relay.core.status import RuntimeAccount
 from relay.core.window import (
     WindowPolicy,
@@ -71,6 +72,11 @@ PRUNE_MARGIN = 3600.0  # de-dup memory is kept this much longer than the look-ba
 # per batch: only a slice ever exists as objects, and larger transactions are faster in total.
 SLICE_RECORDS = 1_000
 BATCH_RECORDS = 10_000
+# An account that never had a record has no cursor, so every poll is a sweep from the last one
+# (see relay.core.window): its durable ``last_sweep`` only says where a restarted poller reads
+# back from, and an older one only makes it read a little more. Written this often, not on
+# every poll: one store write less per empty poll.
+SWEPT_WRITE_EVERY = 60.0
 
 
 class AccountPoller:
@@ -110,6 +116,7 @@ class AccountPoller:
             start_from=up.start_from,
         )
         self._cursor = AccountCursor(newest=None, last_sweep=None)
+        self._swept_stored: float | None = None  # last_sweep as the store has it
         # The cursor as it stood right after the last sweep: the next sweep reads back from
         # here, not from the current cursor, so a record written up to `lookback` behind the
         # newest record *when it appeared* is still caught however far the cursor moved since.
@@ -125,6 +132,9 @@ class AccountPoller:
             budget_requests=up.rate_limit.requests, budget_per=up.rate_limit.per, timeout=up.timeout
         )
         self._requests: deque[float] = deque(maxlen=up.rate_limit.requests)
+        # Seconds after start before the first poll: set by the wiring to spread a relay's
+        # accounts over the poll interval (relay.core.schedule); 0 polls at once.
+        self.start_offset = 0.0
 
     def snapshot(self, now: float) -> RuntimeAccount:
         """A copy of :attr:`stats` as of ``now`` (for the status model)."""
@@ -149,13 +159,19 @@ class AccountPoller:
         if self.lease is None:
             await self.load()
         failures = 0
+        loop = asyncio.get_running_loop()
         now = self._clock()
-        first = self._cadence.first_delay(self.name, now)
+        # The first poll: with auto, in the account's slot of its key's schedule; with a fixed
+        # interval, after the offset the wiring spread this account to (relay.core.schedule).
+        first = self._cadence.first_delay(self.name, now) if self._cadence.auto else 0.0
+        first = max(first, self.start_offset)
+        due = loop.time() + first  # the next poll's start on the schedule (loop clock)
         if first > 0:
             self.stats.enter("waiting", now, now + first)
-            await wait_or_stop(stop, first)
+            if await wait_or_stop(stop, first):
+                return
         while not stop.is_set():
-            delay: float | None = None  # after a good poll: the cadence's
+            delay: float | None = None  # after a good poll: the schedule's
             if self.lease is not None and not await self.lease.turn(self.load):
                 # Another instance polls this account; ask again soon, so that when it dies
                 # we take over within the lease's ttl plus this.
@@ -224,15 +240,25 @@ class AccountPoller:
                 delay = upstream_backoff(failures, base=1.0, cap=60.0, jitter=random.random())
                 log.error("state store error: %s", exc, extra={"account": self.name})
                 self.stats.count("store_error", str(exc))
+            # A healthy account polls on its schedule, however long the poll took (auto: its
+            # slot; a number: one interval after the last poll was due); a failure's delay
+            # (back-off, pause) counts from now, and the schedule starts again after it.
             now = self._clock()
-            if delay is None:
+            if delay is None and self._cadence.auto:
                 delay = self._cadence.delay(self.name, now)
+                due = loop.time() + delay
+            elif delay is None:
+                due = next_due(due, self._cadence.interval, loop.time())
+                delay = due - loop.time()
+            else:
+                due = loop.time() + delay
             self.stats.enter("waiting", now, now + delay)
             await wait_or_stop(stop, delay)
 
     async def load(self) -> None:
         """Take up the account's durable position (cursor, last sweep and its anchor)."""
         self._cursor = await self._store.load_cursor(self.name)
+        self._swept_stored = self._cursor.last_sweep
         # A file from before the anchor was kept has none: read back from the cursor, as then.
         self._anchor = self._cursor.sweep_anchor or self._cursor.newest
 
@@ -275,7 +301,9 @@ class AccountPoller:
         last_sweep = self._cursor.last_sweep
         if plan.sweep or plan.seed_only:
             last_sweep = received_at
-            await self._store.mark_swept(self.name, received_at, cursor)
+            if not self._quiet_sweep(cursor, received_at):
+                await self._store.mark_swept(self.name, received_at, cursor)
+                self._swept_stored = received_at
             if cursor is not None:
                 await self._prune(cursor, received_at)
             self._anchor = cursor
@@ -299,6 +327,11 @@ class AccountPoller:
             },
         )
         return poll.new
+
+    def _quiet_sweep(self, cursor: str | None, at: float) -> bool:
+        """Whether this sweep of a still cursor-less account may go unrecorded for now."""
+        stored = self._swept_stored
+        return cursor is None and stored is not None and 0 <= at - stored < SWEPT_WRITE_EVERY
 
     async def _ingest_stream(self, poll: PollState, body: StreamedBody) -> str | None:
         """Store a large response batch by batch; the last batch moves the cursor (returned).
@@ -389,6 +422,8 @@ class AccountPoller:
 
     async def _commit(self, poll: PollState, batch: Batch, cursor: str | None) -> None:
         """Store one batch in one transaction (``cursor`` None: leave the cursor as it is)."""
+        if not batch.records and not batch.fresh_invalid and cursor in (None, self._cursor.newest):
+            return  # an empty poll: nothing to store, and no transaction to pay for
         outcome = await self._store.ingest(
             IngestBatch(
                 account=self.name,

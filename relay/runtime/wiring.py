@@ -16,6 +16,7 @@ import aiohttp
 
 from relay.config.schema import AccountSettings, Settings, SubscriberSettings
 from relay.core.budget import key_id
+from relay.core.schedule import start_offset
 from relay.core.status import RelayStatus
 from relay.delivery.claimer import SubscriberDispatcher
 from relay.delivery.http1 import Http1Client
@@ -108,6 +109,12 @@ def build_pipeline(
         if sub.enabled:
             scheduler.add(make_dispatcher(pipeline, sub, settings))
     pipeline.pollers = [make_poller(pipeline, a, settings) for a in settings.upstream.accounts]
+    # Spread over the poll interval: N accounts are N polls spread evenly, not one burst. (With
+    # auto, each key's schedule has its own slots: relay.ingest.cadence.)
+    interval = settings.upstream.poll_interval
+    if not isinstance(interval, str):
+        for i, poller in enumerate(pipeline.pollers):
+            poller.start_offset = start_offset(i, len(pipeline.pollers), interval)
     pipeline.share.accounts = len(pipeline.pollers)
     pipeline.cluster = Cluster(
         store,
