@@ -91,6 +91,8 @@ CASES = [
     one("upstream.poll_interval", "0s", "poll-interval-zero"),
     one("upstream.poll_interval", -1, "poll-interval-negative"),
     one("upstream.poll_interval", True, "poll-interval-bool"),
+    one("upstream.auto_max_polls_per_second", 0, "auto-max-polls-zero"),
+    one("upstream.auto_max_polls_per_second", "fast", "auto-max-polls-text"),
     one("upstream.lookback", "forever", "lookback"),
     one("upstream.recent_window", "3h", "recent-window-over-lookback"),
     one("upstream.sweep_interval", "0", "sweep-interval"),
