@@ -45,7 +45,14 @@ from tests.pg import schema_url, terminate_relay_connections
 pytestmark = pytest.mark.slow
 
 TTL = 2.0  # cluster.lease_ttl
-BUDGET = (30, 3.0)  # upstream requests per key per window, enforced by the simulator too
+BUDGET = (30, 3.0)  # upstream requests per key per window, as the relays are configured
+# The simulator runs on this test's event loop beside three receivers, so on a loaded machine it
+# stamps a request's arrival late, and unevenly: requests that left the relays evenly can be
+# stamped bunched together. The relays' own margin (1 % of the window, 30 ms here; 9 s for the
+# real 15-minute window) is smaller than such a stall, so the simulator enforces, and the test
+# checks, the budget over a window 10 % shorter: 0.3 s of arrival jitter tolerated, no more.
+JITTER = 0.1
+SIM_BUDGET = (BUDGET[0], BUDGET[1] * (1 - JITTER))
 KILLS = 10
 ACCOUNTS = {key_id(KEY_A): "alpha", key_id(KEY_B): "bravo"}
 REGISTERED = re.compile(r"instance (\S+) registered")
@@ -185,7 +192,7 @@ def _check_polling(sim: SimulatedWebFones, fleet: Fleet) -> float:
 async def test_three_instances_killed_again_and_again_lose_nothing(
     receiver_factory, tmp_path, pg_url
 ):
-    sim = SimulatedWebFones({KEY_A: "alpha", KEY_B: "bravo"}, seed=12, rate_limit=BUDGET)
+    sim = SimulatedWebFones({KEY_A: "alpha", KEY_B: "bravo"}, seed=12, rate_limit=SIM_BUDGET)
     await sim.start()
     rng = random.Random(12)
     healthy, url_h = await receiver_factory()
@@ -254,7 +261,7 @@ async def test_three_instances_killed_again_and_again_lose_nothing(
         assert all(len(v) == 1 for v in ids.values()), "one webhook-id per record and receiver"
         duplicates += sum(n - 1 for n in ok.values())
     for key in (KEY_A, KEY_B):
-        assert sim.max_window_count(BUDGET[1], key=key) <= BUDGET[0]
+        assert sim.max_window_count(SIM_BUDGET[1], key=key) <= BUDGET[0]
     assert sim.count_status(429) == 0, "the simulated API never had to refuse a request"
     longest = _check_polling(sim, fleet)
     assert len(fleet.kills) == KILLS + 3
