@@ -23,7 +23,16 @@ import re
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
-from relay.core.callview import _CACHED_PARTY_TEXT, _party, _rid, _roles, _seconds, _start
+from relay.core.callview import (
+    _CACHED_PARTY_TEXT,
+    _SIXTY,
+    _hour,
+    _party,
+    _rid,
+    _roles,
+    _seconds,
+    _start,
+)
 from relay.core.formats.common import _KINDS, _texts, clean, mmss
 from relay.core.phones import fast_parse
 
@@ -34,8 +43,8 @@ _PLAIN_MAX = 500
 _PLAIN = re.compile(rf'[^&<>"\\\x00-\x1f]{{0,{_PLAIN_MAX}}}')
 
 _MESSAGE = (
-    '{"text":"%s","blocks":[{"type":"section","text":{"type":"mrkdwn","text":"%s"},'
-    '"fields":[%s]},{"type":"context","elements":[{"type":"mrkdwn","text":"%s"}]}]}'
+    '{"text":"%s%s","blocks":[{"type":"section","text":{"type":"mrkdwn","text":"*%s*%s"},'
+    '"fields":[%s%s%s%s%s%s]},{"type":"context","elements":[{"type":"mrkdwn","text":"%s"}]}]}'
 )
 _FROM = '{"type":"mrkdwn","text":"*From*\\n%s"},'
 _TO = '{"type":"mrkdwn","text":"*To*\\n%s"},'
@@ -45,20 +54,29 @@ _DIRECTION = {
 }
 _STATUS = ',{"type":"mrkdwn","text":"*Status*\\n%s"}'
 _DURATION = ',{"type":"mrkdwn","text":"*Duration*\\n%s"}'
-_STARTED = ',{"type":"mrkdwn","text":"*Started*\\n%s"}'
+_STARTED_OPEN = ',{"type":"mrkdwn","text":"*Started*\\n'
+_STARTED = _STARTED_OPEN + '%s"}'
 
 # Bounded caches of what repeats (cleared when full: a bound, not an LRU, cheap to hit), keyed
-# by what the record wrote (and the phone region that reads it). A party's entry is its
-# (label, number as a fact), or None when either is not plain; so is a name's (the name).
+# by what the record wrote (and the phone region or time zone that reads it). The entries hold
+# the pieces ready to drop into _MESSAGE; None means a piece that is not plain.
 _CACHE_MAX = 4096
-_UNSEEN = ("", "")  # what a cache lookup gives for a key it does not hold (compared by identity)
-_OUTSIDE: dict[tuple[str, str, str | None], tuple[str, str] | None] = {}
-_INSIDE: dict[tuple[str, str | None, str | None], tuple[str, str] | None] = {}
+# What a lookup gives for a key it does not hold (compared by identity: entries are built at
+# run time, never this object).
+_UNSEEN = ("", "", "")
+_NO_TEXTS = ("", "")
+# A party: (label, its From field, its To field). A name: the name, if plain.
+Entry = tuple[str, str, str]
+_OUTSIDE: dict[tuple[str, str, str | None], Entry | None] = {}
+_INSIDE: dict[tuple[str, str | None, str | None], Entry | None] = {}
 _NAMES: dict[str, str | None] = {}
-# disposition as the view has it -> (shown as Status, said after the headline), None if not plain
+# The disposition as the view has it: (its Status field, what is said after the headline).
 _DISPOSITIONS: dict[str, tuple[str, str] | None] = {}
-_ACCOUNTS: dict[str, str | None] = {}  # account -> its cleaned footer text, None if not plain
-_SPOKEN: dict[int, str] = {}  # seconds -> mm:ss
+_ACCOUNTS: dict[str, str | None] = {}  # account -> its cleaned footer text
+_SPOKEN: dict[int, tuple[str, str]] = {}  # seconds -> (mm:ss, the Duration field)
+# (call_timestamp to the minute, zone) -> (", HH:MM", the Started field before the seconds,
+# after them): only for hours with one UTC offset, where every second is written alike.
+_MINUTES: dict[tuple[str, ZoneInfo], tuple[str, str, str]] = {}
 
 
 def render_slack_record(
@@ -73,60 +91,65 @@ def render_slack_record(
     inside = _inside(record.get("cidnumber_inside"), record.get("cidext_inside"), region)
     if inside is None:
         return None
-    if direction == "outbound":
-        (caller_label, caller_number), (callee_label, callee_number) = inside, outside
-    else:
-        (caller_label, caller_number), (callee_label, callee_number) = outside, inside
+    caller, callee = (inside, outside) if direction == "outbound" else (outside, inside)
     foot = _ACCOUNTS.get(account, "")
     if foot == "":
         foot = _account_text(account)
     if foot is None:
         return None
     title = "Missed call" if missed else _KINDS.get(direction, "Call")
-    start = _start(record.get("call_timestamp"), tz)
+    hhmm, started = _when(record.get("call_timestamp"), tz)
     seconds = record.get("billsec")
     if type(seconds) is not int or seconds <= 0:
         seconds = _seconds(seconds) or _seconds(record.get("duration"))
-    spoken = None
+    spoken = duration = ""
     if seconds:
-        spoken = _SPOKEN.get(seconds)
-        if spoken is None:
-            spoken = _spoken(seconds)
-    rest = f" from {caller_label} → {callee_label}"
-    if start is not None:
-        rest += ", " + start[0][11:16]
-    fields = (_FROM % caller_number if caller_number else "") + (
-        _TO % callee_number if callee_number else ""
-    )
-    fields += _DIRECTION[direction]
+        spoken, duration = _SPOKEN.get(seconds) or _spoken(seconds)
+    status = said = ""
     if disposition:
-        texts = _DISPOSITIONS.get(disposition, _UNSEEN)
-        if texts is _UNSEEN:
+        texts = _DISPOSITIONS.get(disposition, _NO_TEXTS)
+        if texts is _NO_TEXTS:
             texts = _disposition_texts(disposition)
         if texts is None:
             return None
-        shown, said = texts
-        if not (missed and said == "no answer"):
-            if answered and spoken:
-                said += ", " + spoken
-            if said:
-                rest += f" ({said})"
-        if shown:
-            fields += _STATUS % shown
-    if spoken:
-        fields += _DURATION % spoken
-    if start is not None:
-        fields += _STARTED % start[0]
+        status, said = texts
+        if missed and said == "no answer":
+            said = ""
+        elif answered and spoken:
+            said = f" ({said}, {spoken})"
+        elif said:
+            said = f" ({said})"
+    rest = f" from {caller[0]} → {callee[0]}{hhmm}{said}"
     rid = record.get("rid")
     if type(rid) is int or _rid(record) is not None:
         foot = f"{foot} · rid {rid}"
+    fields = (caller[1], callee[2], _DIRECTION[direction], status, duration, started)
     try:
-        return (_MESSAGE % (title + rest, f"*{title}*{rest}", fields, foot)).encode()
+        return (_MESSAGE % (title, rest, title, rest, *fields, foot)).encode()
     except UnicodeEncodeError:
         return None  # a lone surrogate: the plain path's dumps() knows what to do with it
 
 
-def _outside(number: object, name: object, region: str | None) -> tuple[str, str] | None:
+def _when(value: object, tz: ZoneInfo) -> tuple[str, str]:
+    """(``", 20:54"``, the Started field) for a ``call_timestamp``; empty without a valid one."""
+    if type(value) is str and len(value) == 19:
+        hit = _MINUTES.get((value[:16], tz))
+        # The key's shape was checked when it was stored; the seconds are checked here.
+        if hit is not None and value[16] == ":" and value[17:19] in _SIXTY:
+            return hit[0], hit[1] + value[17:19] + hit[2]
+    start = _start(value, tz)
+    if start is None:
+        return "", ""
+    iso = start[0]
+    if type(value) is str and value.isascii() and _hour(value[:13], tz) is not None:
+        # _start wrote this from the hour's one offset: so is every second of this minute.
+        if len(_MINUTES) >= _CACHE_MAX:
+            _MINUTES.clear()
+        _MINUTES[(value[:16], tz)] = (", " + iso[11:16], _STARTED_OPEN + iso[:17], iso[19:] + '"}')
+    return ", " + iso[11:16], _STARTED % iso
+
+
+def _outside(number: object, name: object, region: str | None) -> Entry | None:
     """The far party's (label, number fact) as the summary shows them, or None if not plain."""
     if type(number) is not str or type(name) is not str:
         return _party_texts("outside", number, None, name, region)
@@ -143,7 +166,7 @@ def _outside(number: object, name: object, region: str | None) -> tuple[str, str
     return hit
 
 
-def _fresh_outside(written: str, name: str, region: str | None) -> tuple[str, str] | None:
+def _fresh_outside(written: str, name: str, region: str | None) -> Entry | None:
     """A new caller with a North American number (the case on every call from someone new),
     worked out directly: what ``Party.label`` and the summary's number fact give for it.
     ``_UNSEEN`` when the shape is another one (then the party is built as usual)."""
@@ -153,16 +176,16 @@ def _fresh_outside(written: str, name: str, region: str | None) -> tuple[str, st
     e164, extension = parsed
     number = f"{e164} x{extension}" if extension else e164
     if not name:
-        return written, number  # a NANP number is plain, and printable
+        return _entry(written, number)  # a NANP number is plain, and printable
     shown = _NAMES.get(name, "")
     if shown == "":
         shown = _name_text(name)
     if shown is None:
         return None
-    return f"{shown} {written}", f"{shown} {number}"
+    return _entry(f"{shown} {written}", f"{shown} {number}")
 
 
-def _inside(number: object, extension: object, region: str | None) -> tuple[str, str] | None:
+def _inside(number: object, extension: object, region: str | None) -> Entry | None:
     """Our own line's (label, number fact), or None if not plain: a PBX's lines repeat."""
     if type(number) is not str or (extension is not None and type(extension) is not str):
         # Only str and None as keys: True == 1 as a key, and a list cannot be one.
@@ -183,9 +206,14 @@ def _party_texts(
     extension: object,
     name: object,
     region: str | None,
-) -> tuple[str, str] | None:
+) -> Entry | None:
     label, fact = _texts(_party(side, number, extension, name, region))
-    return (label, fact) if _PLAIN.fullmatch(label) and _PLAIN.fullmatch(fact) else None
+    return _entry(label, fact) if _PLAIN.fullmatch(label) and _PLAIN.fullmatch(fact) else None
+
+
+def _entry(label: str, fact: str) -> Entry:
+    # An empty number fact is left out of the fields, as the summary leaves it out.
+    return (label, _FROM % fact, _TO % fact) if fact else (label, "", "")
 
 
 def _name_text(name: str) -> str | None:
@@ -201,7 +229,9 @@ def _name_text(name: str) -> str | None:
 def _disposition_texts(disposition: str) -> tuple[str, str] | None:
     shown = clean(disposition)
     said = shown.lower()
-    texts = (shown, said) if _PLAIN.fullmatch(shown) and _PLAIN.fullmatch(said) else None
+    texts = None
+    if _PLAIN.fullmatch(shown) and _PLAIN.fullmatch(said):
+        texts = (_STATUS % shown if shown else "", said)
     if len(_DISPOSITIONS) >= _CACHE_MAX:
         _DISPOSITIONS.clear()
     _DISPOSITIONS[disposition] = texts
@@ -217,9 +247,9 @@ def _account_text(account: str) -> str | None:
     return foot
 
 
-def _spoken(seconds: int) -> str:
+def _spoken(seconds: int) -> tuple[str, str]:
     text = mmss(seconds) or ""
     if len(_SPOKEN) >= _CACHE_MAX:
         _SPOKEN.clear()
-    _SPOKEN[seconds] = text
-    return text
+    _SPOKEN[seconds] = hit = (text, _DURATION % text)
+    return hit
