@@ -67,13 +67,18 @@ _MINUTES = {f"{n:02d}": 60 * n for n in range(60)}
 _CACHED_PARTY_TEXT = 256
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Party:
     """One end of a call.
 
     ``side`` is ``inside`` for our own line. ``number`` is E.164 when it could be parsed, else
     the text as written (``None`` when the record has none); ``e164`` says which. ``extension``
     is the PBX extension, ``name`` the caller-id name (stripped; ``None`` when empty).
+
+    Read-only by convention, not ``frozen``, for the reason :class:`CallView` gives: a new
+    caller is a new party on every chat delivery, and a frozen ``__init__`` (one
+    ``object.__setattr__`` per field) was most of its cost. Parties are shared by the cache
+    below, so nothing may mutate one.
     """
 
     side: Literal["inside", "outside"]

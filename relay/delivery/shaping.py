@@ -18,7 +18,13 @@ import orjson
 
 from relay.core.callview import call_view
 from relay.core.errors import RenderError
-from relay.core.formats import CHAT_RENDERERS, EnvelopeFields, FormatSpec, render
+from relay.core.formats import (
+    CHAT_RENDERERS,
+    FAST_RENDERERS,
+    EnvelopeFields,
+    FormatSpec,
+    render,
+)
 from relay.core.formats.common import dumps
 
 
@@ -29,6 +35,7 @@ class Shaper:
         self.spec = spec
         self.passthrough = spec.name == "envelope"
         self._chat = CHAT_RENDERERS.get(spec.name)
+        self._fast = FAST_RENDERERS.get(spec.name)
         self._tz = tz
         self._region = region
 
@@ -45,6 +52,10 @@ class Shaper:
             return dumps(record)  # what render() does for it, without a call view it ignores
         account = envelope.get("account", account)
         account = account if isinstance(account, str) else str(account)
+        if self._fast is not None:
+            body = self._fast(record, account, self._tz, self._region)
+            if body is not None:
+                return body  # the chat renderer's bytes for this record, without the view
         view = call_view(record, account, self._tz, self._region)
         if self._chat is not None:
             return self._chat(view)  # what render() does, without envelope fields it ignores

@@ -166,6 +166,29 @@ async def test_template_body_is_byte_identical_across_a_retry(
     assert props["hs_call_from_number"].startswith("+1555") or made["direction"] == "OUTGOING"
 
 
+async def test_slack_body_is_byte_identical_across_a_retry(sim, receiver_factory, tmp_path) -> None:
+    # Rendered ahead for each claim (the dispatcher renders a claimed batch in one loop): the
+    # retry is a new claim, rendered again from the stored record, to the same bytes.
+    rx, url = await receiver_factory()
+    rx.script(Reply.status(500), Reply.status(503))  # then the default 200
+    secret = new_secret()
+    sim.add_record(KEY_A, started_at=ago(30), cidname_outside="B WHITTAKER", duration=75)
+    sim.add_record(KEY_A, started_at=ago(20), cidname_outside="Zoë <&>", duration=5)
+    sub = Sub("slack", url, secret, {"format": "slack", "max_in_flight": 1, "retry": ["50ms"] * 5})
+    async with running(make_settings(tmp_path, sim.url, [sub])):
+        await rx.wait_count(4, timeout=60)
+    by_id: dict[str, list[bytes]] = {}
+    for request in rx.requests:
+        Webhook(secret).verify(request.body, request.headers)
+        by_id.setdefault(request.headers["webhook-id"], []).append(request.body)
+    assert len(by_id) == 2 and sum(map(len, by_id.values())) == 4  # 2 failures, 2 successes
+    for bodies in by_id.values():
+        assert len(set(bodies)) == 1  # every attempt of a delivery: the same bytes
+    texts = [orjson.loads(bodies[0])["text"] for bodies in by_id.values()]
+    assert any("B WHITTAKER" in text for text in texts)  # the shortcut from the record
+    assert any("Zoë &lt;&amp;&gt;" in text for text in texts)  # the escaping path
+
+
 async def test_a_template_failing_on_one_record_dead_letters_only_that_delivery(
     sim, receiver_factory, tmp_path
 ) -> None:

@@ -49,8 +49,10 @@ class ScriptedSender:
     most_in_flight: int = 0
     started: asyncio.Event = field(default_factory=asyncio.Event)
     changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+    shapes: bool = False  # sends the stored body: nothing to render ahead
 
-    async def send(self, delivery: Delivery) -> AttemptOutcome:
+    async def send(self, delivery: Delivery, *, shaped: object = None) -> AttemptOutcome:
+        assert shaped is None
         self.in_flight += 1
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
         self.started.set()

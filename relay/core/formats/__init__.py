@@ -25,6 +25,7 @@ from relay.core.errors import RenderError, TemplateCompileError
 from relay.core.formats.common import dumps
 from relay.core.formats.discord import render_discord
 from relay.core.formats.slack import render_slack
+from relay.core.formats.slackfast import render_slack_record
 from relay.core.formats.teams import render_teams
 from relay.core.formats.template import (
     DEFAULT_MAX_BYTES,
@@ -42,14 +43,20 @@ CHAT_RENDERERS: dict[str, Callable[[CallView], bytes]] = {
     "teams": render_teams,
     "discord": render_discord,
 }
+# Shortcuts from the record itself, for the common case: the bytes the chat renderer gives for
+# the record's call view, or None (then build the view and call the renderer).
+FastRenderer = Callable[[dict[str, Any], str, ZoneInfo, str | None], bytes | None]
+FAST_RENDERERS: dict[str, FastRenderer] = {"slack": render_slack_record}
 
 __all__ = [
     "CHAT_RENDERERS",
     "DEFAULT_MAX_BYTES",
+    "FAST_RENDERERS",
     "FORMATS",
     "SAMPLE_RECORD",
     "CompiledTemplate",
     "EnvelopeFields",
+    "FastRenderer",
     "FormatName",
     "FormatSpec",
     "RenderError",
