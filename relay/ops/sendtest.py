@@ -20,7 +20,7 @@ from relay.core.envelope import build_body
 from relay.core.formats import SAMPLE_RECORD
 from relay.core.keys import Ed25519Key
 from relay.core.models import Delivery
-from relay.delivery.http1 import Http1Client
+from relay.http1.client import Http1Client
 from relay.delivery.sender import AttemptOutcome, Sender
 
 EXCERPT = 500  # characters of the receiver's answer (and of the body sent) shown

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Callable
 import aiohttp
 
 from relay.config.schema import Settings, load_settings
-from relay.delivery.http1 import Http1Client
+from relay.http1.client import Http1Client
 from relay.ops.admin import AdminServer
 from relay.runtime.stores import open_store
 from relay.runtime.supervisor import Supervisor
@@ -28,7 +28,7 @@ async def sessions(
     settings: Settings,
 ) -> AsyncIterator[tuple[aiohttp.ClientSession, Http1Client]]:
     """An aiohttp session for WebFones, and the lean client for receivers
-    (:mod:`relay.delivery.http1`).
+    (:mod:`relay.http1.client`).
 
     Concurrency to receivers is bounded by each subscriber's workers, one connection each.
     """

@@ -19,7 +19,7 @@ from relay.core.budget import key_id
 from relay.core.schedule import start_offset
 from relay.core.status import RelayStatus
 from relay.delivery.claimer import SubscriberDispatcher
-from relay.delivery.http1 import Http1Client
+from relay.http1.client import Http1Client
 from relay.delivery.results import ResultWriter
 from relay.delivery.scheduler import DeliveryScheduler
 from relay.delivery.sender import Sender

@@ -1,6 +1,6 @@
 """One webhook connection: write a pre-built request, parse its answer with llhttp
 (``httptools``), within a bounded head and a capped body. The pools and the client that use it
-are in :mod:`relay.delivery.http1`, which also explains why this path exists."""
+are in :mod:`relay.http1.client`, which also explains why this path exists."""
 
 from __future__ import annotations
 

@@ -42,7 +42,7 @@ import ssl
 import time
 from urllib.parse import unquote, urlsplit
 
-from relay.delivery.http1_wire import (
+from relay.http1.wire import (
     KEPT_HEADERS,
     MAX_HEAD_BYTES,
     MAX_HEADERS,
