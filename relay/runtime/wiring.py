@@ -21,7 +21,7 @@ from relay.delivery.results import ResultWriter
 from relay.delivery.scheduler import DeliveryScheduler
 from relay.delivery.sender import Sender
 from relay.http1.client import Http1Client
-from relay.ingest.budget import KeyBudget
+from relay.ingest.budget import BudgetLedger, KeyBudget
 from relay.ingest.cadence import KeyCadence, key_accounts
 from relay.ingest.lease import AccountLease, LeaseShare
 from relay.ingest.poller import AccountPoller
@@ -44,6 +44,7 @@ class Pipeline:
     http: Http1Client | None = None
     client: WebFonesClient | None = None
     budgets: dict[str, KeyBudget] = field(default_factory=dict)
+    ledger: BudgetLedger | None = None  # the budgets' durable charges, batched (one store)
     cadences: dict[str, KeyCadence] = field(default_factory=dict)  # by API key, as budgets
     key_accounts: tuple[Settings, dict[str, list[str]]] | None = None  # see _key_accounts
     clock: Callable[[], float] = time.time
@@ -99,6 +100,7 @@ def build_pipeline(
     results.on_written = scheduler.wake
     pipeline = Pipeline(store, [], dispatchers, results, scheduler)
     pipeline.http = http
+    pipeline.ledger = BudgetLedger(store)
     pipeline.clock = clock
     pipeline.instance = instance_id or new_instance_id()
     pipeline.client = make_client(settings, http, pipeline.instance)
@@ -174,6 +176,7 @@ def make_poller(pipeline: Pipeline, account: AccountSettings, settings: Settings
             store=pipeline.store,
             key_id=key_id(key),
             clock=pipeline.clock,
+            ledger=pipeline.ledger,
         )
     names = _key_accounts(pipeline, settings).get(key, [account.name])
     total = len(settings.upstream.accounts)
