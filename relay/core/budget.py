@@ -4,12 +4,25 @@ in any window of ``per`` seconds (pure; the bucket itself lives in :mod:`relay.i
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 
 # The rate is shrunk by this fraction: it absorbs float rounding and, more usefully, jitter in
 # how long a request takes to reach the upstream (1% of a 15-minute window is 9 s).
 SAFETY = 0.01
 MAX_PAUSE = 3600.0  # a Retry-After longer than this is not believed; we look again after it
 MIN_WAIT = 0.001  # the shortest wait bucket_spend answers
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """One upstream request to pay for in key ``key_id``'s durable bucket at ``now`` (the
+    arguments of :meth:`relay.store.base.Store.spend_budget`, for ``spend_budgets``)."""
+
+    key_id: str
+    now: float
+    requests: int
+    per: float
+    burst: int | None = None
 
 
 def key_id(api_key: str) -> str:

@@ -22,8 +22,8 @@ from relay.core.keys import signature_headers
 from relay.core.models import Attempt, Delivery
 from relay.core.retry import parse_retry_after
 from relay.core.signing import webhook_id
-from relay.delivery.http1 import BadResponse, Disconnected, Http1Client
 from relay.delivery.shaping import Shaper
+from relay.http1.client import BadResponse, Disconnected, Http1Client
 
 _UTC = ZoneInfo("UTC")
 

@@ -9,6 +9,11 @@ Accounts that share a key share one :class:`KeyBudget`. Two layers keep the boun
   every request is paid for there, at wall-clock time, before it leaves. A restarted process
   starts with a fresh local bucket, but the store still holds what its predecessor spent, so
   the first poll after a restart waits if that budget is already spent.
+
+The durable charges of every key go through one :class:`BudgetLedger`, which sends those that
+arrive together (the accounts of one schedule slot wake in one turn of the loop) to the store
+as one ``spend_budgets`` call: one transaction and one trip to the store's thread for a slot
+instead of one per poll, with the same answers and the same commit-before-send guarantee.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from collections.abc import Callable
 
 from aiolimiter import AsyncLimiter
 
-from relay.core.budget import MAX_PAUSE, bucket_params, default_burst
+from relay.core.budget import MAX_PAUSE, Charge, bucket_params, default_burst
 from relay.core.errors import StoreError
 from relay.store.base import Store
 
@@ -29,6 +34,74 @@ log = logging.getLogger(__name__)
 # The shortest sleep on a wait the store asks for: the store counts on the wall clock and we
 # sleep on the loop's, so a wait can come back a hair short; this keeps that from spinning.
 MIN_STORE_WAIT = 0.01
+
+
+class BudgetLedger:
+    """Sends the durable budget charges of many keys to the store in batches.
+
+    A charge waits at most for the charges already on their way: the first one of a batch
+    schedules it for the next turn of the loop (so the other accounts woken in this turn join
+    it), and charges arriving while a batch is in the store form the next one, sent as soon as
+    that one returns. Each charge is answered exactly as :meth:`Store.spend_budget` would have
+    answered it one after the other, and only after the batch committed.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._pending: list[tuple[Charge, asyncio.Future[float]]] = []
+        self._scheduled = False
+        # The batch in the store. A task of its own for one store call (as a request's would
+        # be): its answers must reach every charge in it even if the first caller is cancelled.
+        self._inflight: asyncio.Task[list[float]] | None = None
+
+    @property
+    def queued(self) -> int:
+        """Charges waiting for the next batch (for status and tests)."""
+        return len(self._pending)
+
+    async def spend(self, charge: Charge) -> float:
+        """0.0 once ``charge`` is committed, else the seconds to wait (nothing charged)."""
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[float] = loop.create_future()
+        self._pending.append((charge, answer))
+        if not self._scheduled and self._inflight is None:
+            self._scheduled = True
+            loop.call_soon(self._send)
+        # Cancelled here, the charge is dropped if its batch has not left yet; if it has, the
+        # spend is recorded for a request that never goes out, which only lowers the rate.
+        return await answer
+
+    def _send(self) -> None:
+        self._scheduled = False
+        batch = [(c, answer) for c, answer in self._pending if not answer.done()]
+        self._pending = []
+        if not batch:
+            return
+        charges = [charge for charge, _ in batch]
+        # Held in self._inflight until its done-callback has answered every charge.
+        self._inflight = asyncio.ensure_future(self._store.spend_budgets(charges))
+        self._inflight.add_done_callback(lambda done: self._answer(batch, done))
+
+    def _answer(
+        self, batch: list[tuple[Charge, asyncio.Future[float]]], done: asyncio.Task[list[float]]
+    ) -> None:
+        self._inflight = None
+        if done.cancelled():
+            error: BaseException | None = asyncio.CancelledError()
+        else:
+            error = done.exception()
+        waits = done.result() if error is None else []
+        for i, (_, answer) in enumerate(batch):
+            if answer.done():
+                continue
+            if error is None:
+                answer.set_result(waits[i])
+            elif isinstance(error, asyncio.CancelledError):
+                answer.cancel()
+            else:
+                answer.set_exception(error)
+        if self._pending:
+            self._send()  # what arrived while that batch was in the store
 
 
 class KeyBudget:
@@ -48,6 +121,7 @@ class KeyBudget:
         store: Store | None = None,
         key_id: str = "",
         clock: Callable[[], float] = time.time,
+        ledger: BudgetLedger | None = None,
     ) -> None:
         self.burst = default_burst(requests) if burst is None else burst
         capacity, period = bucket_params(requests, per, self.burst)
@@ -56,6 +130,8 @@ class KeyBudget:
         self._limiter = AsyncLimiter(capacity, period)
         self._paused_until = float("-inf")  # loop time
         self._store = store
+        # Shared by the keys of one relay (the wiring passes it); alone, a ledger of its own.
+        self._ledger = ledger if ledger is not None or store is None else BudgetLedger(store)
         self._key_id = key_id
         self._clock = clock  # wall clock, for the store: shared by processes and restarts
         self.waiting = 0  # acquirers currently blocked, for status and tests
@@ -93,12 +169,12 @@ class KeyBudget:
 
     async def _pay(self) -> float:
         """Record the spend durably before the request leaves; 0 or how long to wait first."""
-        if self._store is None:
+        if self._ledger is None:
             return 0.0
         # The same bucket as the local one (its SAFETY absorbs requests reaching the upstream
         # a little unevenly after they were paid for), on the wall clock, kept in the store.
-        return await self._store.spend_budget(
-            self._key_id, self._clock(), self.requests, self.per, self.burst
+        return await self._ledger.spend(
+            Charge(self._key_id, self._clock(), self.requests, self.per, self.burst)
         )
 
     def pause(self, seconds: float) -> None:

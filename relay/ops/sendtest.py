@@ -20,8 +20,8 @@ from relay.core.envelope import build_body
 from relay.core.formats import SAMPLE_RECORD
 from relay.core.keys import Ed25519Key
 from relay.core.models import Delivery
-from relay.delivery.http1 import Http1Client
 from relay.delivery.sender import AttemptOutcome, Sender
+from relay.http1.client import Http1Client
 
 EXCERPT = 500  # characters of the receiver's answer (and of the body sent) shown
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")

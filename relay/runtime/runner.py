@@ -11,10 +11,8 @@ import resource
 import signal
 from collections.abc import AsyncIterator, Callable
 
-import aiohttp
-
 from relay.config.schema import Settings, load_settings
-from relay.delivery.http1 import Http1Client
+from relay.http1.client import Http1Client
 from relay.ops.admin import AdminServer
 from relay.runtime.stores import open_store
 from relay.runtime.supervisor import Supervisor
@@ -24,30 +22,20 @@ log = logging.getLogger(__name__)
 
 
 @contextlib.asynccontextmanager
-async def sessions(
-    settings: Settings,
-) -> AsyncIterator[tuple[aiohttp.ClientSession, Http1Client]]:
-    """An aiohttp session for WebFones, and the lean client for receivers
-    (:mod:`relay.delivery.http1`).
+async def sessions(settings: Settings) -> AsyncIterator[Http1Client]:
+    """The lean HTTP/1.1 client (:mod:`relay.http1`) for the WebFones GETs and the webhook POSTs,
+    closed at the end.
 
-    Concurrency to receivers is bounded by each subscriber's workers, one connection each.
+    Concurrency to receivers is bounded by each subscriber's workers, one connection each; to
+    WebFones by the upstream client (:data:`relay.ingest.upstream.MAX_CONNECTIONS`). A GET is
+    never sent twice by the client (each is paid for in the key's budget first; see
+    :mod:`relay.http1.client`).
     """
-    upstream = aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=16), raise_for_status=False
-    )
-    # aiohttp sends an idempotent request (our GET) a second time, at once and silently, when
-    # the connection fails under it (e.g. a kept-alive one reset by the upstream). That second
-    # request reaches WebFones without being paid for in the key's budget; a failed poll is
-    # instead retried by the poller, which pays again. There is no public switch: this is the
-    # attribute aiohttp's own test client clears. Were it renamed in a later aiohttp, setting
-    # it here warns (an error under pytest) and the connection-reset fault test fails.
-    upstream._retry_connection = False
-    delivery = Http1Client()
+    http = Http1Client()
     try:
-        yield upstream, delivery
+        yield http
     finally:
-        await upstream.close()
-        delivery.close()
+        http.close()
 
 
 async def run_relay(
@@ -66,11 +54,11 @@ async def run_relay(
     store = open_store(settings.state)
     await store.open()
     try:
-        async with sessions(settings) as (upstream, delivery):
+        async with sessions(settings) as http:
             loader = None if config_path is None else functools.partial(load_settings, config_path)
             supervisor = Supervisor(
                 settings,
-                build_pipeline(settings, store, upstream, delivery),
+                build_pipeline(settings, store, http),
                 loader=loader,
                 watch=config_path if watch else None,
             )

@@ -219,14 +219,15 @@ class Supervisor:
             d = await self.pipeline.scheduler.remove(name)
             if d is not None:
                 await self._release([d])
+        old_client = self.pipeline.client
         if plan.new_client:
-            assert self.pipeline.upstream_session is not None
-            self.pipeline.client = make_client(
-                new, self.pipeline.upstream_session, self.pipeline.instance
-            )
+            assert self.pipeline.http is not None
+            self.pipeline.client = make_client(new, self.pipeline.http, self.pipeline.instance)
         for name in plan.stop_accounts:
             await self._stop_unit(f"poll:{name}")
             self.pollers[:] = [p for p in self.pollers if p.name != name]
+        if plan.new_client and old_client is not None:
+            old_client.close()  # its pollers are stopped (all of them: the upstream changed)
         self.settings = new
         for sub in plan.start_subscribers:
             self.pipeline.scheduler.add(make_dispatcher(self.pipeline, sub, new))

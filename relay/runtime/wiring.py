@@ -12,18 +12,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo
 
-import aiohttp
-
 from relay.config.schema import AccountSettings, Settings, SubscriberSettings
 from relay.core.budget import key_id
 from relay.core.schedule import start_offset
 from relay.core.status import RelayStatus
 from relay.delivery.claimer import SubscriberDispatcher
-from relay.delivery.http1 import Http1Client
 from relay.delivery.results import ResultWriter
 from relay.delivery.scheduler import DeliveryScheduler
 from relay.delivery.sender import Sender
-from relay.ingest.budget import KeyBudget
+from relay.http1.client import Http1Client
+from relay.ingest.budget import BudgetLedger, KeyBudget
 from relay.ingest.cadence import KeyCadence, key_accounts
 from relay.ingest.lease import AccountLease, LeaseShare
 from relay.ingest.poller import AccountPoller
@@ -41,11 +39,12 @@ class Pipeline:
     dispatchers: dict[str, SubscriberDispatcher]
     results: ResultWriter
     scheduler: DeliveryScheduler
-    # What later builds (a reload adding a subscriber or account) need.
-    upstream_session: aiohttp.ClientSession | None = None
-    delivery_client: Http1Client | None = None
+    # What later builds (a reload adding a subscriber or account) need: the HTTP client of
+    # both the upstream GETs and the webhook POSTs.
+    http: Http1Client | None = None
     client: WebFonesClient | None = None
     budgets: dict[str, KeyBudget] = field(default_factory=dict)
+    ledger: BudgetLedger | None = None  # the budgets' durable charges, batched (one store)
     cadences: dict[str, KeyCadence] = field(default_factory=dict)  # by API key, as budgets
     key_accounts: tuple[Settings, dict[str, list[str]]] | None = None  # see _key_accounts
     clock: Callable[[], float] = time.time
@@ -81,12 +80,11 @@ class Pipeline:
 def build_pipeline(
     settings: Settings,
     store: Store,
-    upstream_session: aiohttp.ClientSession,
-    delivery_client: Http1Client,
+    http: Http1Client,
     clock: Callable[[], float] = time.time,
     instance_id: str | None = None,
 ) -> Pipeline:
-    """Build every part from ``settings``; the sessions and the store are handed in, not built.
+    """Build every part from ``settings``; the HTTP client and the store are handed in, not built.
 
     ``instance_id`` names this process among the instances sharing the store (default: a
     fresh one). On a shared store each poller holds its account's lease to poll, and claims
@@ -101,10 +99,11 @@ def build_pipeline(
     )
     results.on_written = scheduler.wake
     pipeline = Pipeline(store, [], dispatchers, results, scheduler)
-    pipeline.upstream_session, pipeline.delivery_client = upstream_session, delivery_client
+    pipeline.http = http
+    pipeline.ledger = BudgetLedger(store)
     pipeline.clock = clock
     pipeline.instance = instance_id or new_instance_id()
-    pipeline.client = make_client(settings, upstream_session, pipeline.instance)
+    pipeline.client = make_client(settings, http, pipeline.instance)
     for sub in settings.subscribers:
         if sub.enabled:
             scheduler.add(make_dispatcher(pipeline, sub, settings))
@@ -130,12 +129,12 @@ def build_pipeline(
 
 
 def make_client(
-    settings: Settings, session: aiohttp.ClientSession, instance: str | None = None
+    settings: Settings, http: Http1Client, instance: str | None = None
 ) -> WebFonesClient:
     """The WebFones client for ``settings.upstream`` (``instance`` sent as a header)."""
     up = settings.upstream
     return WebFonesClient(
-        session,
+        http,
         up.base_url,
         timeout=up.timeout,
         max_response_bytes=up.max_response_bytes,
@@ -147,10 +146,10 @@ def make_dispatcher(
     pipeline: Pipeline, sub: SubscriberSettings, settings: Settings
 ) -> SubscriberDispatcher:
     """One subscriber's dispatcher (its sender on the shared delivery client)."""
-    assert pipeline.delivery_client is not None
+    assert pipeline.http is not None
     up = settings.upstream
     sender = Sender(
-        pipeline.delivery_client,
+        pipeline.http,
         sub,
         settings.delivery.response_cap,
         tz=ZoneInfo(up.timezone),
@@ -177,6 +176,7 @@ def make_poller(pipeline: Pipeline, account: AccountSettings, settings: Settings
             store=pipeline.store,
             key_id=key_id(key),
             clock=pipeline.clock,
+            ledger=pipeline.ledger,
         )
     names = _key_accounts(pipeline, settings).get(key, [account.name])
     total = len(settings.upstream.accounts)

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import ClassVar
 
 from relay.core.breaker import Circuit
+from relay.core.budget import Charge
 from relay.core.errors import StoreError
 from relay.core.journey import Journey, RecentAttempt, RecordQuery, RecordSummary
 from relay.core.models import (
@@ -351,6 +352,17 @@ class Store(StoreReader):
         returns, so a restarted relay starts from what its predecessor spent (and a request
         is paid for before it leaves).
         """
+
+    async def spend_budgets(self, charges: Sequence[Charge]) -> list[float]:
+        """:meth:`spend_budget` for each of ``charges``, in order and exactly as if one after
+        the other (a later charge of a key sees what an earlier one spent); the answers in the
+        same order. A backend that can commits them together (SQLite: one transaction, one
+        trip to its thread); either way each charge answered 0 is committed before this
+        returns, so every window bound of :meth:`spend_budget` holds, across restarts too.
+        This default spends them one by one."""
+        return [
+            await self.spend_budget(c.key_id, c.now, c.requests, c.per, c.burst) for c in charges
+        ]
 
     @abc.abstractmethod
     async def pause_budget(self, key_id: str, until: float) -> None:

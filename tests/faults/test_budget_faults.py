@@ -150,9 +150,9 @@ async def test_a_reset_kept_alive_connection_is_not_silently_sent_again(tmp_path
         settings = make_settings(
             tmp_path, upstream.url, [Sub("crm", "http://127.0.0.1:9/h", new_secret())]
         )
-        async with sessions(settings) as (session, _):
+        async with sessions(settings) as http:
             client = WebFonesClient(
-                session, upstream.url, timeout=GENEROUS, max_response_bytes=1 << 20
+                http, upstream.url, timeout=GENEROUS, max_response_bytes=1 << 20
             )
             paid = 0
             for _ in range(2):

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from relay.core.status import QueueCounts
-from relay.delivery.http1 import MAX_HEAD_BYTES, BadResponse, Http1Client
+from relay.http1.client import MAX_HEAD_BYTES, BadResponse, Http1Client
 from relay.sim.receiver import Receiver
 from relay.sim.simulator import SimulatedWebFones
 from tests.helpers import (

@@ -16,13 +16,13 @@ from dataclasses import dataclass, field
 from email.utils import formatdate
 from typing import Any
 
-import aiohttp
 import orjson
 import pytest
 from standardwebhooks.webhooks import Webhook
 
 from relay.core.errors import MalformedResponse
 from relay.core.models import IngestBatch
+from relay.http1.client import Http1Client
 from relay.ingest import poller
 from relay.ingest.upstream import Credentials, WebFonesClient
 from relay.sim.receiver import Receiver
@@ -234,7 +234,7 @@ async def test_reading_a_50mb_response_costs_at_most_the_cap(sim: SimulatedWebFo
     sim.add_record(KEY_A, started_at=ago(10))
     sim.fail_next(Fault.huge(50 * MiB), key=KEY_A)
     cap = 4 * MiB
-    async with aiohttp.ClientSession() as session:
+    async with Http1Client() as session:
         client = WebFonesClient(session, sim.url, timeout=GENEROUS, max_response_bytes=cap)
         tracemalloc.start()
         try:

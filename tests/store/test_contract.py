@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import pytest
 
+from relay.core.budget import Charge
 from relay.core.errors import StoreError
 from relay.core.models import AccountCursor, CallRecord, Finished, IngestBatch, Outcome, Quarantined
 from relay.store import Store
@@ -474,6 +475,34 @@ async def test_budget_pause_blocks_every_spend_until_it_ends(store: Store) -> No
     await store.pause_budget("key", T0 + 10)  # shorter: changes nothing
     assert await store.spend_budget("key", T0 + 5, 100, 60.0) == pytest.approx(25.0)
     assert await store.spend_budget("key", T0 + 30, 100, 60.0) == 0
+
+
+async def test_budget_charges_together_answer_as_one_after_the_other(store: Store) -> None:
+    # Several keys, one of them charged until it refuses, one paused: the batch (one
+    # transaction on SQLite) answers each charge as the same spends one by one would.
+    def charges(prefix: str) -> list[Charge]:
+        return [
+            *(Charge(f"{prefix}-busy", T0 + i * 0.1, 3, 10.0) for i in range(5)),
+            Charge(f"{prefix}-paused", T0, 100, 60.0),
+            *(Charge(f"{prefix}-k{i}", T0 + 1, 6, 10.0, 2) for i in range(3)),
+            Charge(f"{prefix}-busy", T0 + 5, 3, 10.0),
+        ]
+
+    for prefix in ("one", "all"):
+        await store.pause_budget(f"{prefix}-paused", T0 + 30)
+    one_by_one = [
+        await store.spend_budget(c.key_id, c.now, c.requests, c.per, c.burst)
+        for c in charges("one")
+    ]
+    together = await store.spend_budgets(charges("all"))
+    assert together == pytest.approx(one_by_one)
+    assert together[0] == 0.0 and all(w > 0 for w in together[1:5])  # burst 1, then full
+    assert together[5] == pytest.approx(30.0)  # the pause
+    assert together[6:] == [0.0] * 4  # fresh keys, and the busy one drained by T0 + 5
+    # What the batch charged is durable as one by one: the next spends agree too.
+    after = [await store.spend_budget(f"{p}-busy", T0 + 6, 3, 10.0) for p in ("one", "all")]
+    assert after[0] == pytest.approx(after[1]) and after[0] > 0
+    assert await store.spend_budgets([]) == []
 
 
 async def test_renew_claims_extends_only_what_is_still_claimed(store: Store) -> None:

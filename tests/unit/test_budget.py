@@ -24,6 +24,7 @@ from relay.core.budget import (
     MAX_PAUSE,
     MIN_WAIT,
     SAFETY,
+    Charge,
     bucket_params,
     bucket_spend,
     default_burst,
@@ -343,6 +344,9 @@ class LedgerOnly:
         self, key_id: str, now: float, requests: int, per: float, burst: int | None = None
     ) -> float:
         return ledger.spend_budget(self.conn, key_id, now, requests, per, burst)
+
+    async def spend_budgets(self, charges: list[Charge]) -> list[float]:
+        return ledger.spend_budgets(self.conn, charges)
 
 
 def restarts(durable: bool, requests: int = 6, per: float = 10.0) -> list[float]:

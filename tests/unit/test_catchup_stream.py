@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -29,6 +28,7 @@ from hypothesis import strategies as st
 
 from relay.core.errors import MalformedResponse
 from relay.core.models import IngestBatch, IngestResult
+from relay.http1.client import Http1Client
 from relay.ingest import body as parsing
 from relay.ingest import poller
 from relay.ingest.body import FetchResult, StreamAbandoned, StreamedBody, parse_body
@@ -410,13 +410,13 @@ RigFactory = Callable[..., Awaitable[Rig]]
 
 @pytest.fixture
 async def make_rig(sim: SimulatedWebFones, tmp_path: Path) -> AsyncIterator[RigFactory]:
-    async with aiohttp.ClientSession() as session, _rigs(sim, tmp_path, session) as make:
+    async with Http1Client() as session, _rigs(sim, tmp_path, session) as make:
         yield make
 
 
 @contextlib.asynccontextmanager
 async def _rigs(
-    sim: SimulatedWebFones, tmp_path: Path, session: aiohttp.ClientSession
+    sim: SimulatedWebFones, tmp_path: Path, session: Http1Client
 ) -> AsyncIterator[RigFactory]:
     stores: list[SqliteStore] = []
 

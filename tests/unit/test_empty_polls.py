@@ -11,8 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
+from relay.http1.client import Http1Client
 from relay.ingest.budget import KeyBudget
 from relay.ingest.poller import SWEPT_WRITE_EVERY, AccountPoller
 from relay.ingest.upstream import WebFonesClient
@@ -40,7 +39,7 @@ class CountingStore(SqliteStore):
 
 
 async def _poller(
-    sim: SimulatedWebFones, tmp_path: Path, session: aiohttp.ClientSession, now: list[float]
+    sim: SimulatedWebFones, tmp_path: Path, session: Http1Client, now: list[float]
 ) -> tuple[AccountPoller, CountingStore]:
     subs = [Sub("crm", "http://127.0.0.1:9/crm", new_secret())]
     conf = make_settings(tmp_path, sim.url, subs, upstream={"start_from": "now"})
@@ -59,7 +58,7 @@ async def test_quiet_account_writes_its_sweep_once_a_minute(tmp_path: Path) -> N
     await sim.start()
     now = [T0]
     try:
-        async with aiohttp.ClientSession() as session:
+        async with Http1Client() as session:
             p, store = await _poller(sim, tmp_path, session, now)
             try:
                 await p.poll_once()  # the first poll seeds: its sweep is recorded
@@ -83,7 +82,7 @@ async def test_a_record_after_quiet_polls_is_stored_and_delivered(tmp_path: Path
     await sim.start()
     now = [T0]
     try:
-        async with aiohttp.ClientSession() as session:
+        async with Http1Client() as session:
             p, store = await _poller(sim, tmp_path, session, now)
             try:
                 await p.poll_once()

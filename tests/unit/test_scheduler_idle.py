@@ -17,10 +17,10 @@ from typing import Any, TypeVar
 
 from relay.core.models import Delivery
 from relay.delivery.claimer import SubscriberDispatcher
-from relay.delivery.http1 import Http1Client
 from relay.delivery.results import ResultWriter
 from relay.delivery.scheduler import DeliveryScheduler
 from relay.delivery.sender import Sender
+from relay.http1.client import Http1Client
 from relay.store.sqlite.store import SqliteStore
 from tests.helpers import Sub, make_settings, new_secret
 

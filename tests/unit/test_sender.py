@@ -14,8 +14,8 @@ from standardwebhooks.webhooks import Webhook
 from relay.config.schema import SubscriberSettings
 from relay.core.models import Delivery
 from relay.core.signing import webhook_id
-from relay.delivery.http1 import Http1Client
 from relay.delivery.sender import Sender
+from relay.http1.client import Http1Client
 from relay.sim.receiver import Reply
 from tests.helpers import Sub, make_settings, new_secret
 

@@ -11,8 +11,9 @@ predecessor left it instead of a full one.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Sequence
 
-from relay.core.budget import bucket_params, bucket_spend, default_burst
+from relay.core.budget import Charge, bucket_params, bucket_spend, default_burst
 from relay.store.sqlite.schema import _transaction
 
 SQL_BUCKET = "SELECT level, at, paused_until FROM budget_buckets WHERE key_id = ?"
@@ -38,18 +39,31 @@ def spend_budget(
     """In one transaction: charge one request to ``key_id``'s bucket at ``now`` and return 0.0,
     or charge nothing and return the seconds to wait (the rest of a pause, or until the bucket
     has room). See :meth:`relay.store.base.Store.spend_budget`."""
-    capacity, period = bucket_params(
-        requests, per, default_burst(requests) if burst is None else burst
-    )
     with _transaction(conn):
-        row = conn.execute(SQL_BUCKET, (key_id,)).fetchone()
-        level, at, paused_until = (0.0, now, None) if row is None else row
-        if paused_until is not None and paused_until > now:
-            return float(paused_until) - now
-        level, at, wait = bucket_spend(level, at, now, capacity, capacity / period)
-        if wait == 0.0:
-            conn.execute(SQL_CHARGE, (key_id, level, at))
-        return wait
+        return _spend(conn, Charge(key_id, now, requests, per, burst))
+
+
+def spend_budgets(conn: sqlite3.Connection, charges: Sequence[Charge]) -> list[float]:
+    """:func:`spend_budget` for each of ``charges`` in order, all in one transaction (each
+    charge reads the row an earlier one of its key wrote). See
+    :meth:`relay.store.base.Store.spend_budgets`."""
+    with _transaction(conn):
+        return [_spend(conn, charge) for charge in charges]
+
+
+def _spend(conn: sqlite3.Connection, c: Charge) -> float:
+    """One charge, inside the caller's transaction."""
+    capacity, period = bucket_params(
+        c.requests, c.per, default_burst(c.requests) if c.burst is None else c.burst
+    )
+    row = conn.execute(SQL_BUCKET, (c.key_id,)).fetchone()
+    level, at, paused_until = (0.0, c.now, None) if row is None else row
+    if paused_until is not None and paused_until > c.now:
+        return float(paused_until) - c.now
+    level, at, wait = bucket_spend(level, at, c.now, capacity, capacity / period)
+    if wait == 0.0:
+        conn.execute(SQL_CHARGE, (c.key_id, level, at))
+    return wait
 
 
 def pause_budget(conn: sqlite3.Connection, key_id: str, until: float) -> None:

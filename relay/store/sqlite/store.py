@@ -33,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Concatenate, ParamSpec, TypeVar
 
 from relay.core.breaker import Circuit
+from relay.core.budget import Charge
 from relay.core.errors import StoreError, StoreFull, StoreLocked
 from relay.core.journey import Journey, RecentAttempt, RecordQuery, RecordSummary
 from relay.core.models import (
@@ -208,6 +209,10 @@ class SqliteStore(SingleOwnerMixin, Store):
         return await self._run(
             "spend budget", ledger.spend_budget, key_id, now, requests, per, burst
         )
+
+    async def spend_budgets(self, charges: Sequence[Charge]) -> list[float]:
+        # One trip to the store's thread and one commit for the accounts of one slot.
+        return await self._run("spend budget", ledger.spend_budgets, charges)
 
     async def pause_budget(self, key_id: str, until: float) -> None:
         await self._run("pause budget", ledger.pause_budget, key_id, until)

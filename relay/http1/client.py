@@ -1,7 +1,9 @@
-"""A small HTTP/1.1 client for webhook POSTs: keep-alive connections per origin, httptools parsing.
+"""A small HTTP/1.1 client for webhook POSTs and the WebFones GET: keep-alive connections per
+origin, httptools parsing.
 
-Why not aiohttp here (it polls WebFones and serves everything else): a webhook POST is the hot
-path, and aiohttp's general client machinery (request and response objects, multidicts, URL
+Why not aiohttp here (it serves the admin surface and the simulator): a webhook POST is the hot
+path, and so is an empty poll when one instance polls thousands of accounts; aiohttp's general
+client machinery (request and response objects, multidicts, URL
 handling, timers, traces, cookie and redirect logic) costs ~75 µs of CPU per request on this
 class of machine, more than the rest of a delivery put together. On two cores that CPU is what
 bounds throughput. Writing pre-built request bytes to a pooled connection and parsing the answer
@@ -24,10 +26,13 @@ What it does, deliberately narrow:
   (:class:`ResumingContext`): an abbreviated handshake instead of a full one, no certificate
   chain sent or verified again, whenever a receiver closes a kept-alive connection;
 * redirects are never followed (the caller sees the 3xx), no cookies, no proxies, no
-  compression (no ``Accept-Encoding`` is sent), interim ``1xx`` answers skipped;
-* a kept-alive connection that the receiver closed while idle is replaced, and the request sent
-  once more on a fresh connection, only when not a single byte of an answer came back (the same
-  rule as Go's ``net/http`` for requests that carry an idempotency key: ours is ``webhook-id``).
+  decompression here (a caller that sends ``Accept-Encoding`` decodes), interim ``1xx``
+  answers skipped;
+* a POST on a kept-alive connection that the receiver closed while idle is replaced, and the
+  request sent once more on a fresh connection, only when not a single byte of an answer came
+  back (the same rule as Go's ``net/http`` for requests that carry an idempotency key: ours is
+  ``webhook-id``). A GET is never sent twice (each upstream request is paid for in the key's
+  budget first: the caller retries, and pays again).
 
 Errors are the standard ones (``TimeoutError``, ``OSError``, ``ssl.SSLError``) plus
 :class:`Disconnected` and :class:`BadResponse`; the sender turns them into attempt outcomes.
@@ -42,10 +47,11 @@ import ssl
 import time
 from urllib.parse import unquote, urlsplit
 
-from relay.delivery.http1_wire import (
+from relay.http1.wire import (
     KEPT_HEADERS,
     MAX_HEAD_BYTES,
     MAX_HEADERS,
+    TOO_LARGE,
     WRITE_SLICE,
     BadResponse,
     Connection,
@@ -58,6 +64,7 @@ __all__ = [
     "KEPT_HEADERS",
     "MAX_HEADERS",
     "MAX_HEAD_BYTES",
+    "TOO_LARGE",
     "WRITE_SLICE",
     "BadResponse",
     "Disconnected",
@@ -73,7 +80,8 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 class Endpoint:
-    """One webhook URL: its pre-encoded request head and its pool of kept-alive connections."""
+    """One URL (a webhook's, or the upstream's): its pre-encoded request head and its pool of
+    kept-alive connections."""
 
     def __init__(
         self, url: str, headers: dict[str, str], ssl_context: ssl.SSLContext | None = None
@@ -90,14 +98,16 @@ class Endpoint:
         if parts.port is not None and parts.port != _DEFAULT_PORTS[scheme]:
             authority = f"{authority}:{parts.port}"
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        head = f"POST {target} HTTP/1.1\r\nHost: {authority}\r\n"
+        fixed = f"Host: {authority}\r\n"
         if parts.username is not None or parts.password is not None:
             # Credentials in the URL become Basic authentication, as browsers and aiohttp do.
             userinfo = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
             token = base64.b64encode(userinfo.encode("utf-8")).decode("ascii")
-            head += f"Authorization: Basic {token}\r\n"
-        head += "".join(f"{name}: {value}\r\n" for name, value in headers.items())
-        self._head = head.encode("utf-8")
+            fixed += f"Authorization: Basic {token}\r\n"
+        fixed += "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+        self._head = f"POST {target} HTTP/1.1\r\n{fixed}".encode()
+        # A GET's target varies by its query: the start of the line and the fixed headers.
+        self._get = (f"GET {target}{'&' if parts.query else '?'}".encode(), fixed.encode())
         self._idle: list[Connection] = []
         self._closed = False
 
@@ -112,18 +122,37 @@ class Endpoint:
         """
         extra = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
         head = b"%s%sContent-Length: %d\r\n\r\n" % (self._head, extra.encode("utf-8"), len(body))
+        return await self._exchange(head, body, cap, time_limit, strict=False, resend=True)
+
+    async def get(
+        self, query: str, headers: dict[str, str], *, time_limit: float, cap: int
+    ) -> Response:
+        """GET the endpoint's URL with ``query`` (already encoded) added, with the endpoint's
+        headers plus ``headers``; sent once, never again on a fresh connection (see the module
+        notes). A body longer than ``cap`` is not kept: the answer has ``error``
+        :data:`TOO_LARGE`. Raises as :meth:`post` does."""
+        extra = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+        start, fixed = self._get
+        head = b"%s%s HTTP/1.1\r\n%s%s\r\n" % (start, query.encode(), fixed, extra.encode())
+        return await self._exchange(head, b"", cap, time_limit, strict=True, resend=False)
+
+    async def _exchange(
+        self, head: bytes, body: bytes, cap: int, time_limit: float, *, strict: bool, resend: bool
+    ) -> Response:
+        """One request and its answer on a pooled connection; with ``resend``, once more on a
+        fresh one if a kept-alive connection turns out closed (see the module notes)."""
         deadline = asyncio.get_running_loop().time() + time_limit
         conn: Connection | None = None
         try:
             conn, reused = await self._acquire(False, deadline)
             try:
-                answer = await conn.request(head, body, cap, deadline, time_limit)
+                answer = await conn.request(head, body, cap, deadline, time_limit, strict=strict)
             except Disconnected as exc:
-                if not reused or exc.got_bytes:
+                if not reused or exc.got_bytes or not resend:
                     raise
                 # A kept-alive connection that the receiver had closed: once more, fresh.
                 conn, _ = await self._acquire(True, deadline)
-                answer = await conn.request(head, body, cap, deadline, time_limit)
+                answer = await conn.request(head, body, cap, deadline, time_limit, strict=strict)
         except BaseException:
             if conn is not None:
                 conn.abort()
@@ -193,6 +222,12 @@ class Http1Client:
     def close(self) -> None:
         for endpoint in self._endpoints:
             endpoint.close()
+
+    async def __aenter__(self) -> Http1Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
 
 
 class ResumingContext(ssl.SSLContext):

@@ -1,6 +1,6 @@
 """One webhook connection: write a pre-built request, parse its answer with llhttp
 (``httptools``), within a bounded head and a capped body. The pools and the client that use it
-are in :mod:`relay.delivery.http1`, which also explains why this path exists."""
+are in :mod:`relay.http1.client`, which also explains why this path exists."""
 
 from __future__ import annotations
 
@@ -18,11 +18,22 @@ from relay.core.errors import RelayError
 # answer needs a few hundred bytes.
 MAX_HEAD_BYTES = 64 * 1024
 MAX_HEADERS = 100
-# The only headers anyone reads (the sender: retry-after, location; this module: how the body
-# is framed and whether the connection stays). The rest are counted and dropped.
+# The only headers anyone reads (the sender: retry-after, location; the upstream GET: also the
+# content type and coding; this module: how the body is framed and whether the connection
+# stays). The rest are counted and dropped.
 KEPT_HEADERS = frozenset(
-    {"retry-after", "location", "content-length", "transfer-encoding", "connection"}
+    {
+        "retry-after",
+        "location",
+        "content-type",
+        "content-encoding",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+    }
 )
+# Response.error of a strict request (see Connection.request) whose body is longer than its cap.
+TOO_LARGE = "response body larger than the cap"
 # Bodies up to this size go out in one write with the head (one syscall, the hot path); larger
 # ones are written after it in slices of this size, each when the transport has room for it.
 WRITE_SLICE = 256 * 1024
@@ -82,19 +93,33 @@ class Connection(asyncio.Protocol):
         self._framing_room = 0  # wire bytes after the head that are not body, still allowed
         self._refused: str | None = None  # why a callback gave up on the answer
         self._body_seen = 0  # body bytes of this answer, kept or not
+        self._strict = False  # a body over the cap fails the answer (else it is cut off)
+        self._over = False  # ... and this one's is
         self._out: memoryview | None = None  # the body still to write, for large bodies
         self._paused = False  # the transport's buffer is full (flow control)
 
     # -- used by the pool -------------------------------------------------------------------
 
     def request(
-        self, head: bytes, body: bytes, cap: int, deadline: float, time_limit: float
+        self,
+        head: bytes,
+        body: bytes,
+        cap: int,
+        deadline: float,
+        time_limit: float,
+        *,
+        strict: bool = False,
     ) -> asyncio.Future[Response]:
         """Send one request; the future resolves with its answer (or the reason there is none).
 
         At ``deadline`` (loop time) the connection is closed, and the future resolves with what
         arrived (if the status did) or fails with TimeoutError. One timer handle per request
         costs a fraction of an ``asyncio.timeout`` block on this hot path.
+
+        A body longer than ``cap`` is cut off at the cap (a receiver's answer: its start is
+        what is worth keeping); with ``strict`` it is not kept at all: the answer resolves with
+        ``error`` :data:`TOO_LARGE` and an empty body as soon as the ``Content-Length`` or the
+        bytes so far exceed the cap (the upstream's answer: only the whole of it is of use).
         """
         assert self._transport is not None and self._waiter is None
         loop = asyncio.get_running_loop()
@@ -112,6 +137,8 @@ class Connection(asyncio.Protocol):
         self._framing_room = MAX_HEAD_BYTES
         self._refused = None
         self._body_seen = 0
+        self._strict = strict
+        self._over = False
         if len(body) <= WRITE_SLICE:
             self._transport.write(head + body)
         else:
@@ -201,9 +228,10 @@ class Connection(asyncio.Protocol):
             self._waiter is not None
             and self._status is not None
             and not self._interim
-            and len(self._body) >= self._cap
+            and (self._over if self._strict else len(self._body) >= self._cap)
         ):
-            # Enough kept; the rest is not drained: this connection is closed instead.
+            # Enough kept (or, strict, too much to keep any); the rest is not drained: this
+            # connection is closed instead.
             self._finish(None)
             self.abort()
             return False
@@ -265,9 +293,21 @@ class Connection(asyncio.Protocol):
         status = self._parser.get_status_code()
         self._interim = 100 <= status < 200 and status != 101
         self._status = status
+        if self._strict and not self._interim:
+            length = self._headers.get("content-length", "")
+            # Refused before a byte of the body is read (a repeated or odd value: the bytes
+            # decide, as they arrive).
+            self._over = length.isdigit() and int(length) > self._cap
 
     def on_body(self, body: bytes) -> None:
         self._body_seen += len(body)
+        if self._strict:
+            if self._over or self._body_seen > self._cap:
+                self._over = True
+                self._body = bytearray()  # nothing of it is of use: let it go now
+            else:
+                self._body += body
+            return
         room = self._cap - len(self._body)
         if room > 0:
             self._body += body[:room]
@@ -311,6 +351,8 @@ class Connection(asyncio.Protocol):
 
     def _finish(self, error: str | None) -> None:
         assert self._status is not None
+        if self._over:
+            error = TOO_LARGE  # however the answer ended, its body was not kept
         if self._out is not None:
             # Answered before the whole request was written (e.g. an early 413): the rest of
             # the body would arrive as the start of the next request.
