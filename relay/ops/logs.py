@@ -20,6 +20,7 @@ from urllib.parse import quote
 import orjson
 
 from relay.core.text import escape_controls, mask_credentials
+from relay.ops.logwriter import LineWriter
 
 # The structured fields we print, in this order, when a record carries them.
 FIELDS = (
@@ -198,14 +199,41 @@ class _RedactingHandler(logging.StreamHandler[TextIO]):
 
     No :class:`RedactingFilter` on top: the formatters redact the message and every field
     already, and a filter would redact them all a second time on every line (at one INFO line
-    per delivery, logging was half the relay's CPU)."""
+    per delivery, logging was half the relay's CPU). With a :class:`LineWriter` the finished
+    line is handed to its thread instead of written here."""
 
-    def __init__(self, stream: TextIO, redactor: RedactingFilter) -> None:
+    def __init__(
+        self, stream: TextIO, redactor: RedactingFilter, writer: LineWriter | None = None
+    ) -> None:
         super().__init__(stream)
         self._redactor = redactor
+        self.writer = writer
 
     def format(self, record: logging.LogRecord) -> str:
         return self._redactor.redact(super().format(record))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.writer is None:
+            super().emit(record)
+            return
+        try:
+            self.writer.put(self.format(record))
+        except RecursionError:
+            raise
+        except Exception:  # as StreamHandler.emit: reported with its traceback, and go on
+            self.handleError(record)
+
+    def flush(self) -> None:
+        if self.writer is not None:
+            self.writer.flush()
+        super().flush()
+
+    def close(self) -> None:
+        # Run at exit by logging.shutdown (and when setup_logging replaces this handler):
+        # every line still waiting is written before the process ends.
+        if self.writer is not None:
+            self.writer.close()
+        super().close()
 
 
 def setup_logging(
@@ -213,15 +241,23 @@ def setup_logging(
     fmt: str = "text",
     secrets: Iterable[str] = (),
     stream: TextIO | None = None,
+    *,
+    threaded: bool = False,
 ) -> None:
-    """Configure the root logger once for the process (replacing earlier handlers)."""
+    """Configure the root logger once for the process (replacing earlier handlers).
+
+    ``threaded``: lines are written by a :class:`~relay.ops.logwriter.LineWriter` thread (what
+    ``relay run`` does; see that module for what a kill can lose)."""
     redactor = RedactingFilter(secrets)
-    handler = _RedactingHandler(stream or sys.stderr, redactor)
+    out = stream or sys.stderr
+    handler = _RedactingHandler(out, redactor, LineWriter(out) if threaded else None)
     formatter = JsonFormatter if fmt == "json" else TextFormatter
     handler.setFormatter(formatter(redactor.redact))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
+        if isinstance(old, _RedactingHandler):
+            old.close()  # its waiting lines first
     root.addHandler(handler)
     root.setLevel(level.upper())
     # No formatter here prints the caller's file and line, thread or process: do not collect
@@ -232,3 +268,9 @@ def setup_logging(
     logging.logMultiprocessing = False
     # aiohttp's access log is noise for a relay; keep its errors.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def flush_logs() -> None:
+    """Write every line the root logger's handlers still hold (a log writer's queue too)."""
+    for handler in logging.getLogger().handlers:
+        handler.flush()
