@@ -19,7 +19,7 @@ from relay.config.schema import Settings, load_settings
 from relay.core.errors import ConfigError, RelayError, StoreError
 from relay.core.journey import RecordQuery
 from relay.core.text import mask_credentials
-from relay.ops.logs import setup_logging
+from relay.ops.logs import flush_logs, setup_logging
 
 log = logging.getLogger("relay")
 
@@ -227,6 +227,7 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
         args.log_level or settings.log.level,
         args.log_format or settings.log.format,
         settings.secret_values(),
+        threaded=True,
     )
 
     async def go() -> None:
@@ -244,6 +245,10 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
     except RelayError as exc:
         log.error("%s", exc)
         return EXIT_FAILURE
+    finally:
+        # The log writer's thread may still hold the last lines; at exit logging.shutdown
+        # would write them, but a caller of main() (a test, an embedding) reads them now.
+        flush_logs()
     return EXIT_OK
 
 

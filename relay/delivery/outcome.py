@@ -7,6 +7,7 @@ import logging
 
 from relay.config.schema import SubscriberSettings
 from relay.core.breaker import probe_attempts
+from relay.core.fastlog import log_fast
 from relay.core.models import Delivery, Finished, Outcome
 from relay.core.retry import Verdict, next_attempt_at
 from relay.delivery.sender import AttemptOutcome
@@ -61,7 +62,8 @@ def log_attempt(
         "latency_ms": round(outcome.attempt.latency_ms, 1),
     }
     if finished.outcome is Outcome.DELIVERED:
-        log.info("delivered", extra=fields)
+        if not log_fast(log, logging.INFO, "delivered", fields):
+            log.info("delivered", extra=fields)
         return
     fields["error"] = outcome.attempt.error
     if finished.outcome is Outcome.RETRY:

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import orjson
 import pytest
 
-from relay.ops.logs import setup_logging
+from relay.ops.logs import flush_logs, setup_logging
 
 SECRET = "whsec_c2VjcmV0LXZhbHVlLXRoYXQtbXVzdC1uZXZlci1sZWFr"
 
@@ -143,3 +143,68 @@ def test_url_password_and_basic_token_are_secrets(restore_root: None) -> None:
     for leaked in ("hook@Pass-0123", "hook%40Pass-0123", token, "plain-pw-0123"):
         assert leaked not in text
     assert "https://other:***@x.example/" in text
+
+
+# -- lines without a LogRecord (relay.core.fastlog), as `relay run` writes "delivered" ---------
+
+ODD = {
+    "account": "main",
+    "rid": 211159,
+    "subscriber": f"crm {SECRET} \x1b[31m",  # a secret and an escape in a name: both handled
+    "webhook_id": "msg_2b7c3xq",
+    "attempt": 2,
+    "status": 200,
+    "latency_ms": 3.4,
+}
+
+
+def _without_stamp(line: str, fmt: str) -> object:
+    if fmt == "json":
+        doc = orjson.loads(line)
+        doc.pop("ts")
+        return doc
+    return line[24:]  # "2026-11-29 08:40:13.123 " differs between the two
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_fast_line_is_the_formatters_line(fmt: str, restore_root: None) -> None:
+    from relay.core import fastlog
+
+    out = io.StringIO()
+    setup_logging("INFO", fmt, [SECRET], stream=out, threaded=True)
+    log = logging.getLogger("relay.delivery.claimer")
+    assert fastlog.log_fast(log, logging.INFO, "delivered", dict(ODD))
+    assert fastlog.log_fast(log, logging.INFO, "delivered", dict(ODD))  # cached parts
+    fastlog.install(None)  # the same record the usual way
+    assert not fastlog.log_fast(log, logging.INFO, "delivered", dict(ODD))
+    log.info("delivered", extra=dict(ODD))
+    flush_logs()
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 3
+    assert SECRET not in out.getvalue() and "\x1b" not in out.getvalue()
+    assert _without_stamp(lines[0], fmt) == _without_stamp(lines[2], fmt)
+    assert _without_stamp(lines[1], fmt) == _without_stamp(lines[2], fmt)
+
+
+def test_fast_lines_give_way_to_other_handlers(restore_root: None) -> None:
+    from relay.core import fastlog
+
+    out = io.StringIO()
+    setup_logging("INFO", "text", [SECRET], stream=out, threaded=True)
+    log = logging.getLogger("relay.delivery.claimer")
+    assert fastlog.log_fast(log, logging.INFO, "delivered", dict(FIELDS))
+    assert not fastlog.log_fast(log, logging.DEBUG, "delivered", dict(FIELDS))  # level off
+    for where in (logging.getLogger(), logging.getLogger("relay.delivery"), log):
+        other = logging.Handler()  # caplog's, or an embedding's: it must see the records
+        where.addHandler(other)
+        try:
+            assert not fastlog.log_fast(log, logging.INFO, "delivered", dict(FIELDS))
+        finally:
+            where.removeHandler(other)
+    log.addFilter(lambda record: True)
+    try:
+        assert not fastlog.log_fast(log, logging.INFO, "delivered", dict(FIELDS))
+    finally:
+        log.filters.clear()
+    setup_logging("INFO", "text", [SECRET], stream=out)  # no writer thread: the usual way
+    assert not fastlog.log_fast(log, logging.INFO, "delivered", dict(FIELDS))
