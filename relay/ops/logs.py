@@ -279,7 +279,7 @@ class _RedactingHandler(logging.StreamHandler[TextIO]):
             super().emit(record)
             return
         try:
-            self.writer.put(self.format(record))
+            self.writer.put(self.format(record), urgent=record.levelno >= logging.WARNING)
         except RecursionError:
             raise
         except Exception:  # as StreamHandler.emit: reported with its traceback, and go on
@@ -369,7 +369,8 @@ def log_fast(logger: logging.Logger, level: int, message: str, fields: dict[str,
     if not isinstance(formatter, TextFormatter | JsonFormatter):
         return False
     name = logging.getLevelName(level)
-    handler.writer.put(formatter.render(time.time(), name, logger.name, message, fields))
+    line = formatter.render(time.time(), name, logger.name, message, fields)
+    handler.writer.put(line, urgent=level >= logging.WARNING)
     return True
 
 

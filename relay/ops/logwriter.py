@@ -11,7 +11,9 @@ What may be lost: nothing on a normal exit (``logging.shutdown``, run at exit, c
 handler, and :meth:`LineWriter.close` writes every line still waiting); on ``SIGKILL`` or a
 power loss, the lines of the last pause at most, and never more than :data:`MAX_LINES`: a caller
 that finds that many waiting writes them itself, at once, before it returns (back-pressure, not
-loss).
+loss). A warning or worse is written before its call returns (with every line queued before
+it): those are rare, and an operator or a test reading the log must find them there at once;
+so a kill only ever loses INFO and DEBUG lines.
 """
 
 from __future__ import annotations
@@ -41,8 +43,9 @@ class LineWriter:
         self._thread = threading.Thread(target=self._run, name="relay-log-writer", daemon=True)
         self._thread.start()
 
-    def put(self, line: str) -> None:
-        """Queue one line; written by the thread within about a pause (see the module)."""
+    def put(self, line: str, urgent: bool = False) -> None:
+        """Queue one line; written by the thread within about a pause (see the module).
+        ``urgent`` (a warning or worse): written now, after every line queued before it."""
         with self._lock:
             if not self._closed:
                 self._lines.append(line)
@@ -51,10 +54,10 @@ class LineWriter:
                 waiting = -1
         if waiting == -1:
             self._write([line])  # after close (a late line at exit): written at once
+        elif waiting >= self._max_lines or urgent:
+            self.flush()
         elif waiting == 1:
             self._waiting.set()
-        elif waiting >= self._max_lines:
-            self.flush()
 
     def flush(self) -> None:
         """Write every line queued so far, now, in the calling thread."""

@@ -41,6 +41,18 @@ def test_a_full_queue_is_written_by_the_caller() -> None:
     assert out.getvalue().splitlines() == [f"line {i}" for i in range(12)]
 
 
+def test_a_warning_is_written_at_once_after_what_came_before() -> None:
+    out = io.StringIO()
+    w = LineWriter(out, max_lines=1_000, pause=NEVER)
+    try:
+        w.put("info 1")
+        w.put("info 2")
+        w.put("warning", urgent=True)
+        assert out.getvalue().splitlines() == ["info 1", "info 2", "warning"]
+    finally:
+        w.close()
+
+
 def test_close_writes_what_waits_and_later_lines_directly() -> None:
     out = io.StringIO()
     w = LineWriter(out, max_lines=1_000, pause=NEVER)
