@@ -12,11 +12,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
 from relay.core.errors import StoreError
 from relay.core.models import IngestBatch, IngestResult
+from relay.http1.client import Http1Client
 from relay.ingest.budget import KeyBudget
 from relay.ingest.poller import AccountPoller
 from relay.ingest.seen import KnownRids
@@ -45,7 +45,7 @@ class RecordingStore(SqliteStore):
 
 
 async def _poller(
-    sim: SimulatedWebFones, tmp_path: Path, session: aiohttp.ClientSession, now: list[float]
+    sim: SimulatedWebFones, tmp_path: Path, session: Http1Client, now: list[float]
 ) -> tuple[AccountPoller, RecordingStore]:
     subs = [Sub("crm", "http://127.0.0.1:9/crm", new_secret())]
     conf = make_settings(tmp_path, sim.url, subs, upstream={"start_from": "2000-01-01 00:00:00"})
@@ -68,7 +68,7 @@ async def test_rereads_build_nothing_and_late_records_are_still_found(tmp_path: 
     await sim.start()
     now = [T0]
     try:
-        async with aiohttp.ClientSession() as session:
+        async with Http1Client() as session:
             p, store = await _poller(sim, tmp_path, session, now)
             try:
                 first = [sim.add_record(KEY_A, started_at=ago(120)) for _ in range(5)]
@@ -96,7 +96,7 @@ async def test_a_failed_ingest_or_a_restart_goes_through_the_store(tmp_path: Pat
     await sim.start()
     now = [T0]
     try:
-        async with aiohttp.ClientSession() as session:
+        async with Http1Client() as session:
             p, store = await _poller(sim, tmp_path, session, now)
             try:
                 first = [sim.add_record(KEY_A, started_at=ago(60)) for _ in range(3)]
