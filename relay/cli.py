@@ -221,7 +221,7 @@ def _explain(settings: Settings, last: int) -> int:
 
 
 def _run(settings: Settings, args: argparse.Namespace) -> int:
-    from relay.runtime.runner import install_signal_handlers, loop_factory, run_relay
+    from relay.runtime.runner import freeze_gc, install_signal_handlers, loop_factory, run_relay
 
     setup_logging(
         args.log_level or settings.log.level,
@@ -233,7 +233,7 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
     async def go() -> None:
         stop = asyncio.Event()
         install_signal_handlers(stop)
-        await run_relay(settings, stop, config_path=args.config, watch=args.watch)
+        await run_relay(settings, stop, freeze_gc, config_path=args.config, watch=args.watch)
 
     try:
         with asyncio.Runner(loop_factory=loop_factory()) as runner:

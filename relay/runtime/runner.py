@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import logging
 import resource
 import signal
@@ -79,6 +80,26 @@ async def run_relay(
                     asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
     finally:
         await store.close()
+
+
+def freeze_gc(supervisor: Supervisor) -> None:
+    """Once the relay runs, move everything start-up made (settings, pollers, subscribers,
+    modules) out of the cyclic garbage collector's reach, as CPython's ``gc.freeze`` docs
+    suggest for long-lived processes: with 10,000 accounts and subscribers those are several
+    hundred MB of objects that every full collection would otherwise walk again, for nothing,
+    as they live as long as the process. Only for ``relay run`` (a process of its own)."""
+    task = asyncio.get_running_loop().create_task(_freeze_when_running(supervisor))
+    _FREEZERS.add(task)
+    task.add_done_callback(_FREEZERS.discard)
+
+
+_FREEZERS: set[asyncio.Task[None]] = set()
+
+
+async def _freeze_when_running(supervisor: Supervisor) -> None:
+    await supervisor.started.wait()
+    gc.collect()  # what is garbage now is not frozen with the rest
+    gc.freeze()
 
 
 def raise_fd_limit() -> int:
