@@ -11,13 +11,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from relay.http1.client import Http1Client
-from relay.ingest.budget import KeyBudget
-from relay.ingest.poller import SWEPT_WRITE_EVERY, AccountPoller
-from relay.ingest.upstream import WebFonesClient
-from relay.sim.simulator import SimulatedWebFones
+from relay.ingest.poller import SWEPT_WRITE_EVERY
 from relay.store.sqlite.store import SqliteStore
-from tests.helpers import GENEROUS, KEY_A, Sub, ago, make_settings, new_secret
+from tests.helpers import KEY_A, ago
+from tests.pollers import account_poller, simulated
 
 T0 = time.time()  # the simulator stamps records on the real clock; the poller's moves from here
 
@@ -38,64 +35,37 @@ class CountingStore(SqliteStore):
         await super().mark_swept(account, at, anchor)
 
 
-async def _poller(
-    sim: SimulatedWebFones, tmp_path: Path, session: Http1Client, now: list[float]
-) -> tuple[AccountPoller, CountingStore]:
-    subs = [Sub("crm", "http://127.0.0.1:9/crm", new_secret())]
-    conf = make_settings(tmp_path, sim.url, subs, upstream={"start_from": "now"})
-    store = CountingStore(conf.state)
-    await store.open()
-    client = WebFonesClient(session, sim.url, timeout=GENEROUS, max_response_bytes=1 << 20)
-    budget = KeyBudget(100_000, 10.0)
-    account = conf.upstream.accounts[0]
-    p = AccountPoller(account, conf, store, client, budget, lambda _: None, lambda: now[0])
-    await p.load()
-    return p, store
-
-
 async def test_quiet_account_writes_its_sweep_once_a_minute(tmp_path: Path) -> None:
-    sim = SimulatedWebFones({KEY_A: "alpha"})
-    await sim.start()
     now = [T0]
-    try:
-        async with Http1Client() as session:
-            p, store = await _poller(sim, tmp_path, session, now)
-            try:
-                await p.poll_once()  # the first poll seeds: its sweep is recorded
-                assert store.writes == ["mark_swept"]
-                for _ in range(3):
-                    now[0] += 5.0
-                    assert await p.poll_once() == 0
-                assert store.writes == ["mark_swept"]  # empty polls: no write at all
-                now[0] = T0 + SWEPT_WRITE_EVERY
-                await p.poll_once()
-                assert store.writes == ["mark_swept", "mark_swept"]
-                assert (await store.load_cursor("alpha")).last_sweep == now[0]
-            finally:
-                await store.close()
-    finally:
-        await sim.stop()
+    async with (
+        simulated() as (sim, session),
+        account_poller(CountingStore, sim, session, tmp_path, now, "now") as (p, store),
+    ):
+        await p.poll_once()  # the first poll seeds: its sweep is recorded
+        assert store.writes == ["mark_swept"]
+        for _ in range(3):
+            now[0] += 5.0
+            assert await p.poll_once() == 0
+        assert store.writes == ["mark_swept"]  # empty polls: no write at all
+        now[0] = T0 + SWEPT_WRITE_EVERY
+        await p.poll_once()
+        assert store.writes == ["mark_swept", "mark_swept"]
+        assert (await store.load_cursor("alpha")).last_sweep == now[0]
 
 
 async def test_a_record_after_quiet_polls_is_stored_and_delivered(tmp_path: Path) -> None:
-    sim = SimulatedWebFones({KEY_A: "alpha"})
-    await sim.start()
     now = [T0]
-    try:
-        async with Http1Client() as session:
-            p, store = await _poller(sim, tmp_path, session, now)
-            try:
-                await p.poll_once()
-                now[0] += 5.0
-                await p.poll_once()
-                made = sim.add_record(KEY_A, started_at=ago(5))
-                now[0] += 5.0
-                assert await p.poll_once() == 1
-                assert "ingest" in store.writes
-                cursor = await store.load_cursor("alpha")
-                assert cursor.newest is not None
-                assert made["rid"] in [r.rid for r in await store.recent_records(10)]
-            finally:
-                await store.close()
-    finally:
-        await sim.stop()
+    async with (
+        simulated() as (sim, session),
+        account_poller(CountingStore, sim, session, tmp_path, now, "now") as (p, store),
+    ):
+        await p.poll_once()
+        now[0] += 5.0
+        await p.poll_once()
+        made = sim.add_record(KEY_A, started_at=ago(5))
+        now[0] += 5.0
+        assert await p.poll_once() == 1
+        assert "ingest" in store.writes
+        cursor = await store.load_cursor("alpha")
+        assert cursor.newest is not None
+        assert made["rid"] in [r.rid for r in await store.recent_records(10)]

@@ -16,14 +16,10 @@ import pytest
 
 from relay.core.errors import StoreError
 from relay.core.models import IngestBatch, IngestResult
-from relay.http1.client import Http1Client
-from relay.ingest.budget import KeyBudget
-from relay.ingest.poller import AccountPoller
 from relay.ingest.seen import KnownRids
-from relay.ingest.upstream import WebFonesClient
-from relay.sim.simulator import SimulatedWebFones
 from relay.store.sqlite.store import SqliteStore
-from tests.helpers import GENEROUS, KEY_A, Sub, ago, make_settings, new_secret
+from tests.helpers import KEY_A, ago
+from tests.pollers import account_poller, simulated
 
 T0 = time.time()
 
@@ -44,84 +40,59 @@ class RecordingStore(SqliteStore):
         return await super().ingest(batch)
 
 
-async def _poller(
-    sim: SimulatedWebFones, tmp_path: Path, session: Http1Client, now: list[float]
-) -> tuple[AccountPoller, RecordingStore]:
-    subs = [Sub("crm", "http://127.0.0.1:9/crm", new_secret())]
-    conf = make_settings(tmp_path, sim.url, subs, upstream={"start_from": "2000-01-01 00:00:00"})
-    store = RecordingStore(conf.state)
-    await store.open()
-    client = WebFonesClient(session, sim.url, timeout=GENEROUS, max_response_bytes=1 << 20)
-    account = conf.upstream.accounts[0]
-    budget = KeyBudget(100_000, 10.0)
-    p = AccountPoller(account, conf, store, client, budget, lambda _: None, lambda: now[0])
-    await p.load()
-    return p, store
-
-
 def _rids(records: list[dict[str, Any]]) -> list[int]:
     return [int(r["rid"]) for r in records]
 
 
 async def test_rereads_build_nothing_and_late_records_are_still_found(tmp_path: Path) -> None:
-    sim = SimulatedWebFones({KEY_A: "alpha"})
-    await sim.start()
     now = [T0]
-    try:
-        async with Http1Client() as session:
-            p, store = await _poller(sim, tmp_path, session, now)
-            try:
-                first = [sim.add_record(KEY_A, started_at=ago(120)) for _ in range(5)]
-                assert await p.poll_once() == 5
-                assert store.ingested == [_rids(first)]
-                # The same window again: every rid is known, so no body and no transaction.
-                now[0] += 5.0
-                assert await p.poll_once() == 0
-                assert store.ingested == [_rids(first)]
-                # Written late, stamped before the cursor (a long call), and one stamped in the
-                # same second as the newest record: both are new rids, both are stored.
-                late = sim.add_record(KEY_A, started_at=ago(300))
-                same = sim.add_record(KEY_A, call_timestamp=first[-1]["call_timestamp"])
-                now[0] += 5.0
-                assert await p.poll_once() == 2
-                assert sorted(store.ingested[-1]) == sorted(_rids([late, same]))
-            finally:
-                await store.close()
-    finally:
-        await sim.stop()
+    async with (
+        simulated() as (sim, session),
+        account_poller(RecordingStore, sim, session, tmp_path, now, "2000-01-01 00:00:00") as (
+            p,
+            store,
+        ),
+    ):
+        first = [sim.add_record(KEY_A, started_at=ago(120)) for _ in range(5)]
+        assert await p.poll_once() == 5
+        assert store.ingested == [_rids(first)]
+        # The same window again: every rid is known, so no body and no transaction.
+        now[0] += 5.0
+        assert await p.poll_once() == 0
+        assert store.ingested == [_rids(first)]
+        # Written late, stamped before the cursor (a long call), and one stamped in the
+        # same second as the newest record: both are new rids, both are stored.
+        late = sim.add_record(KEY_A, started_at=ago(300))
+        same = sim.add_record(KEY_A, call_timestamp=first[-1]["call_timestamp"])
+        now[0] += 5.0
+        assert await p.poll_once() == 2
+        assert sorted(store.ingested[-1]) == sorted(_rids([late, same]))
 
 
 async def test_a_failed_ingest_or_a_restart_goes_through_the_store(tmp_path: Path) -> None:
-    sim = SimulatedWebFones({KEY_A: "alpha"})
-    await sim.start()
     now = [T0]
-    try:
-        async with Http1Client() as session:
-            p, store = await _poller(sim, tmp_path, session, now)
-            try:
-                first = [sim.add_record(KEY_A, started_at=ago(60)) for _ in range(3)]
-                assert await p.poll_once() == 3
-                more = sim.add_record(KEY_A, started_at=ago(30))
-                store.fail = True
-                with pytest.raises(StoreError):
-                    await p.poll_once()
-                # Nothing of the failed poll is taken as stored: the record is ingested next
-                # time, once; what the poll before knew stays known.
-                assert await p.poll_once() == 1
-                assert store.ingested[-1] == _rids([more])
-            finally:
-                await store.close()
-            # A new poller (a restart) knows nothing: the store de-duplicates its first poll.
-            p2, store2 = await _poller(sim, tmp_path, session, now)
-            try:
-                assert await p2.poll_once() == 0
-                assert sorted(store2.ingested[0]) == sorted(_rids([*first, more]))
-                assert await p2.poll_once() == 0
-                assert store2.ingested == [store2.ingested[0]]
-            finally:
-                await store2.close()
-    finally:
-        await sim.stop()
+    start = "2000-01-01 00:00:00"
+    async with simulated() as (sim, session):
+        async with account_poller(RecordingStore, sim, session, tmp_path, now, start) as (p, store):
+            first = [sim.add_record(KEY_A, started_at=ago(60)) for _ in range(3)]
+            assert await p.poll_once() == 3
+            more = sim.add_record(KEY_A, started_at=ago(30))
+            store.fail = True
+            with pytest.raises(StoreError):
+                await p.poll_once()
+            # Nothing of the failed poll is taken as stored: the record is ingested next
+            # time, once; what the poll before knew stays known.
+            assert await p.poll_once() == 1
+            assert store.ingested[-1] == _rids([more])
+        # A new poller (a restart) knows nothing: the store de-duplicates its first poll.
+        async with account_poller(RecordingStore, sim, session, tmp_path, now, start) as (
+            p2,
+            store2,
+        ):
+            assert await p2.poll_once() == 0
+            assert sorted(store2.ingested[0]) == sorted(_rids([*first, more]))
+            assert await p2.poll_once() == 0
+            assert store2.ingested == [store2.ingested[0]]
 
 
 def test_known_rids_are_those_of_the_last_good_poll() -> None:

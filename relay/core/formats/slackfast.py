@@ -20,7 +20,7 @@ disposition's texts, an account's footer. A message made only of plain pieces is
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from zoneinfo import ZoneInfo
 
 from relay.core.callview import (
@@ -67,6 +67,8 @@ _UNSEEN = ("", "", "")
 _NO_TEXTS = ("", "")
 # A party: (label, its From field, its To field). A name: the name, if plain.
 Entry = tuple[str, str, str]
+K = TypeVar("K")
+V = TypeVar("V")
 _OUTSIDE: dict[tuple[str, str, str | None], Entry | None] = {}
 _INSIDE: dict[tuple[str, str | None, str | None], Entry | None] = {}
 _NAMES: dict[str, str | None] = {}
@@ -160,10 +162,7 @@ def _outside(number: object, name: object, region: str | None) -> Entry | None:
     hit = _fresh_outside(number.strip(), name.strip(), region)
     if hit is _UNSEEN:
         hit = _party_texts("outside", number, None, name, region)
-    if len(_OUTSIDE) >= _CACHE_MAX:
-        _OUTSIDE.clear()
-    _OUTSIDE[key] = hit
-    return hit
+    return _remember(_OUTSIDE, key, hit)
 
 
 def _fresh_outside(written: str, name: str, region: str | None) -> Entry | None:
@@ -193,10 +192,15 @@ def _inside(number: object, extension: object, region: str | None) -> Entry | No
     key = (number, extension, region)
     hit = _INSIDE.get(key, _UNSEEN)
     if hit is _UNSEEN:
-        hit = _party_texts("inside", number, extension, None, region)
-        if len(_INSIDE) >= _CACHE_MAX:
-            _INSIDE.clear()
-        _INSIDE[key] = hit
+        hit = _remember(_INSIDE, key, _party_texts("inside", number, extension, None, region))
+    return hit
+
+
+def _remember(cache: dict[K, V], key: K, hit: V) -> V:
+    """Keep ``hit`` under ``key`` in a bounded cache (full: it starts over; parties are few)."""
+    if len(cache) >= _CACHE_MAX:
+        cache.clear()
+    cache[key] = hit
     return hit
 
 
