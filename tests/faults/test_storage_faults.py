@@ -92,6 +92,13 @@ async def test_full_disk_stops_new_work_keeps_the_rest_and_resumes(
         store = relay.supervisor.store
         await rx.wait_count(3, timeout=GENEROUS)
 
+        async def recorded() -> bool:
+            return (await store.stats()).subscribers["crm"].delivered == 3
+
+        # Their results are written a moment after the receiver answers (a batch per 20 ms):
+        # the disk fills only once they are in the file, as this test's premise says.
+        await wait_until_async(recorded)
+
         # Work the relay already has: two records whose deliveries keep failing for now.
         rx.set_default(Reply.status(503))
         pending = [sim.add_record(KEY_A, started_at=ago(50)) for _ in range(2)]

@@ -120,8 +120,14 @@ async def test_snapshot_reader_reads_while_the_owner_holds_the_lock(tmp_path: Pa
             assert (await reader.stats()).subscribers["a"].pending == 3
             assert (await reader.journey("acct", 20)).record is not None
             assert len(await reader.find_records(RecordQuery(caller="900123"))) == 1
-            await owner.claim("a", 3, T0, LEASE)  # the owner keeps writing
-            assert (await reader.stats()).subscribers["a"].inflight == 3
+            held = await owner.claim("a", 3, T0, LEASE)
+            # The owner's claims live in its memory: in the file they are still pending, as
+            # they would be after a crash; the owner itself counts them in flight.
+            assert (await reader.stats()).subscribers["a"].pending == 3
+            assert (await owner.stats()).subscribers["a"].inflight == 3
+            await owner.finish([result(held[0].id, Outcome.DELIVERED)])  # the owner writes
+            counts = (await reader.stats()).subscribers["a"]
+            assert (counts.pending, counts.delivered) == (2, 1)
             await reader.backup(str(tmp_path / "copy.db"))
         finally:
             await reader.close()

@@ -164,7 +164,11 @@ async def test_held_buffer_stays_within_its_size_while_workers_are_busy(tmp_path
         for _ in range(50):
             await asyncio.sleep(0)
         assert len(r.dispatcher.unfinished()) <= capacity
-        assert states(tmp_path)["inflight"] == len(r.dispatcher.unfinished())
+        # Every claim the dispatcher holds is held in the store (in its memory: nothing in the
+        # file says so), and no other.
+        counts = (await r.store.stats()).subscribers[NAME]
+        assert counts.inflight == len(r.dispatcher.unfinished())
+        assert states(tmp_path) == {"pending": 1_000}
         assert sender.in_flight == 2
         sender.hold.set()  # type: ignore[union-attr]
         await sender.wait_for(lambda: len(sender.sent) >= 1_000)
@@ -174,12 +178,12 @@ async def test_held_buffer_stays_within_its_size_while_workers_are_busy(tmp_path
 async def test_lease_covers_every_round_a_claimed_delivery_may_wait(tmp_path) -> None:
     sender = ScriptedSender(hold=asyncio.Event())
     before = time.time()
-    async with rig(tmp_path, sender, 10, max_in_flight=1, timeout="2s"):
+    async with rig(tmp_path, sender, 10, max_in_flight=1, timeout="2s") as r:
         await asyncio.wait_for(sender.started.wait(), GENEROUS)
         after = time.time()
-        [(lease_until,)] = sqlite_rows(
-            tmp_path / "state.db", "SELECT MIN(lease_until) FROM deliveries WHERE state='inflight'"
-        )
+        # The store's own record of its claims (they live in its memory, on its thread).
+        lease_until = await r.store._on_thread(r.store._held.soonest, NAME)
+        assert lease_until is not None
         sender.hold.set()  # type: ignore[union-attr]
     # A claimed delivery can wait behind a full buffer sent one at a time: the lease must
     # outlive capacity + 1 timeouts plus the margin, or the claimer would take it back.

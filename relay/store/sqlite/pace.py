@@ -9,41 +9,38 @@ from __future__ import annotations
 
 import sqlite3
 
+import orjson
+
 from relay.core.breaker import Circuit
 from relay.core.models import Delivery
 from relay.store.bodies import BodyCache
 from relay.store.sqlite import sql as q
+from relay.store.sqlite.held import Held
 
-# The head: the oldest pending delivery in queue order, one step of 'deliveries_queue'.
+# The head: the oldest pending delivery in queue order that no claim holds (the held ids, a
+# JSON array, are in memory: see relay.store.sqlite.held), one step of 'deliveries_queue' and
+# one more per held row before it.
 SQL_HEAD = """
 SELECT d.id, d.next_at, d.attempts, r.account, r.rid, r.id, r.received_at
 FROM deliveries AS d INDEXED BY deliveries_queue JOIN records AS r ON r.id = d.record_id
-WHERE d.subscriber = ? AND d.state = 'pending'
+WHERE d.subscriber = ? AND d.state = 'pending' AND d.id NOT IN (SELECT value FROM json_each(?))
 ORDER BY d.id LIMIT 1
 """
 
-SQL_LEASED = """
-SELECT 1 FROM deliveries
-WHERE subscriber = ? AND state = 'inflight' AND lease_until >= ? LIMIT 1
-"""
-
-# Each half walks a partial index already grouped by subscriber.
+# A walk of a partial index already grouped by subscriber; subscribers holding claims are then
+# looked at again without their held rows (see due_times).
 SQL_DUE_TIMES = """
-SELECT subscriber, MIN(t) FROM (
-    SELECT subscriber, MIN(next_at) AS t FROM deliveries WHERE state = 'pending'
-    GROUP BY subscriber
-    UNION ALL
-    SELECT subscriber, MIN(lease_until) FROM deliveries WHERE state = 'inflight'
-    GROUP BY subscriber)
-WHERE subscriber NOT IN (
-    SELECT subscriber FROM subscriber_state WHERE disabled_reason NOTNULL)
+SELECT subscriber, MIN(next_at) FROM deliveries WHERE state = 'pending'
+    AND subscriber NOT IN (SELECT subscriber FROM subscriber_state WHERE disabled_reason NOTNULL)
 GROUP BY subscriber
 """
 
+# Held deliveries keep their due time: a retry in flight gets its own from its result.
 SQL_REQUEUE = """
 UPDATE deliveries
 SET next_at = (SELECT received_at FROM records WHERE records.id = deliveries.record_id)
 WHERE subscriber = ? AND state = 'pending' AND attempts > 0
+    AND id NOT IN (SELECT value FROM json_each(?))
 """
 
 SQL_SAVE = """
@@ -58,21 +55,23 @@ SET failures = excluded.failures, failing_since = excluded.failing_since,
 
 
 def claim_head(
-    conn: sqlite3.Connection, subscriber: str, now: float, lease: float, cache: BodyCache
+    conn: sqlite3.Connection,
+    subscriber: str,
+    now: float,
+    lease: float,
+    cache: BodyCache,
+    held: Held,
 ) -> Delivery | None:
-    with q._transaction(conn):
+    with q._reading(conn):
         if q._disabled_reason(conn, subscriber) is not None:
             return None
-        if conn.execute(SQL_LEASED, (subscriber, now)).fetchone() is not None:
+        if held.live(subscriber, now):
             return None  # the one allowed out is still out
-        row = conn.execute(SQL_HEAD, (subscriber,)).fetchone()
+        row = conn.execute(SQL_HEAD, (subscriber, "[]")).fetchone()
         if row is None or row[1] > now:
             return None
         delivery_id, _, attempts, account, rid, record_id, received_at = row
-        conn.execute(
-            "UPDATE deliveries SET state = 'inflight', lease_until = ? WHERE id = ?",
-            (now + lease, delivery_id),
-        )
+        held.take(subscriber, [delivery_id], now + lease)
         # Shared with the other subscribers' claims of this record, as in sql.claim.
         key = (record_id, rid, received_at)
         body = cache.get(key)
@@ -81,20 +80,32 @@ def claim_head(
     return Delivery(delivery_id, subscriber, account, rid, body, attempts)
 
 
-def head_due(conn: sqlite3.Connection, subscriber: str) -> float | None:
+def head_due(conn: sqlite3.Connection, subscriber: str, held: Held) -> float | None:
     if q._disabled_reason(conn, subscriber) is not None:
         return None
-    row = conn.execute(SQL_HEAD, (subscriber,)).fetchone()
+    hold = orjson.dumps(held.ids(subscriber)).decode()
+    row = conn.execute(SQL_HEAD, (subscriber, hold)).fetchone()
     return None if row is None else float(row[1])
 
 
-def due_times(conn: sqlite3.Connection) -> dict[str, float]:
-    return {name: float(t) for name, t in conn.execute(SQL_DUE_TIMES) if t is not None}
+def due_times(conn: sqlite3.Connection, held: Held) -> dict[str, float]:
+    """When each enabled subscriber has something to claim next (as ``next_due``, for all)."""
+    due = {name: float(t) for name, t in conn.execute(SQL_DUE_TIMES) if t is not None}
+    for name in held.subscribers():
+        # A disabled subscriber is left out, as by the query; next_due answers None for it.
+        if held.ids(name):
+            when = q.next_due(conn, name, held)
+            if when is None:
+                due.pop(name, None)
+            else:
+                due[name] = when
+    return due
 
 
-def requeue_retries(conn: sqlite3.Connection, subscriber: str) -> int:
+def requeue_retries(conn: sqlite3.Connection, subscriber: str, held: Held) -> int:
     with q._transaction(conn):
-        return conn.execute(SQL_REQUEUE, (subscriber,)).rowcount
+        hold = orjson.dumps(held.ids(subscriber)).decode()
+        return conn.execute(SQL_REQUEUE, (subscriber, hold)).rowcount
 
 
 def load_circuits(conn: sqlite3.Connection) -> dict[str, Circuit]:

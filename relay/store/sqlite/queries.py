@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -26,6 +27,15 @@ from relay.core.journey import (
     digits,
     excerpt,
 )
+
+# A delivery's state as a reader sees it, from its id and its state in the file: the owner's
+# store shows its held claims as in flight (relay.store.sqlite.held), a snapshot as stored.
+StateOf = Callable[[int, str], str]
+
+
+def _as_stored(delivery_id: int, state: str) -> str:
+    return state
+
 
 SQL_RECORD = (
     "SELECT id, call_ts, received_at, body FROM records WHERE account = ? AND rid = ? "
@@ -61,7 +71,7 @@ WHERE (:account IS NULL OR r.account = :account)
 ORDER BY r.call_ts DESC, r.id DESC
 LIMIT :limit
 """
-SQL_STATES = "SELECT record_id, subscriber, state FROM deliveries WHERE record_id IN ({marks})"
+SQL_STATES = "SELECT record_id, subscriber, id, state FROM deliveries WHERE record_id IN ({marks})"
 
 SQL_REDELIVER = """
 UPDATE deliveries SET state = 'pending', attempts = 0, next_at = ?, lease_until = NULL,
@@ -81,9 +91,15 @@ ORDER BY a.rowid DESC
 """
 
 
-def recent_attempts(conn: sqlite3.Connection, limit: int) -> list[RecentAttempt]:
+def recent_attempts(
+    conn: sqlite3.Connection, limit: int, state_of: StateOf = _as_stored
+) -> list[RecentAttempt]:
     """See :meth:`relay.store.base.StoreReader.recent_attempts`."""
-    return [RecentAttempt(*row) for row in conn.execute(SQL_RECENT, (max(1, min(limit, 500)),))]
+    rows = conn.execute(SQL_RECENT, (max(1, min(limit, 500)),))
+    return [
+        RecentAttempt(i, sub, account, rid, at, status, error, latency, state_of(i, state))
+        for i, sub, account, rid, at, status, error, latency, state in rows
+    ]
 
 
 def register_functions(conn: sqlite3.Connection) -> None:
@@ -95,7 +111,9 @@ def register_functions(conn: sqlite3.Connection) -> None:
     conn.create_function("relay_digits", 1, relay_digits, deterministic=True)
 
 
-def journey(conn: sqlite3.Connection, account: str, rid: int) -> Journey:
+def journey(
+    conn: sqlite3.Connection, account: str, rid: int, state_of: StateOf = _as_stored
+) -> Journey:
     """See :meth:`relay.store.base.StoreReader.journey`."""
     result = Journey(account=account, rid=rid)
     conn.execute("BEGIN")  # one snapshot for the record, its deliveries and their attempts
@@ -106,6 +124,7 @@ def journey(conn: sqlite3.Connection, account: str, rid: int) -> Journey:
             result.record = RecordView(account, rid, call_ts, received_at, _json(body))
             for d in conn.execute(SQL_DELIVERIES, (record_id,)).fetchall():
                 view = DeliveryView(*d)
+                view.state = state_of(view.id, view.state)
                 view.attempt_log = [
                     AttemptView(at, status, error, latency, excerpt(response or ""))
                     for at, status, error, latency, response in conn.execute(SQL_ATTEMPTS, (d[0],))
@@ -121,7 +140,9 @@ def journey(conn: sqlite3.Connection, account: str, rid: int) -> Journey:
     return result
 
 
-def find_records(conn: sqlite3.Connection, query: RecordQuery) -> list[RecordSummary]:
+def find_records(
+    conn: sqlite3.Connection, query: RecordQuery, state_of: StateOf = _as_stored
+) -> list[RecordSummary]:
     """See :meth:`relay.store.base.StoreReader.find_records`."""
     caller = digits(query.caller) or None
     params = {
@@ -137,8 +158,10 @@ def find_records(conn: sqlite3.Connection, query: RecordQuery) -> list[RecordSum
         states: dict[int, dict[str, str]] = {row[0]: {} for row in rows}
         if rows:
             sql = SQL_STATES.format(marks=",".join("?" * len(rows)))
-            for record_id, subscriber, state in conn.execute(sql, [row[0] for row in rows]):
-                states[record_id][subscriber] = state
+            for record_id, subscriber, delivery_id, state in conn.execute(
+                sql, [row[0] for row in rows]
+            ):
+                states[record_id][subscriber] = state_of(delivery_id, state)
     finally:
         conn.execute("COMMIT")
     return [

@@ -225,6 +225,18 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         raise
 
 
+@contextlib.contextmanager
+def _reading(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """``BEGIN … COMMIT`` for reads that must see one snapshot (nothing to write, so no write
+    lock is taken and the commit writes nothing)."""
+    conn.execute("BEGIN")
+    try:
+        yield conn
+    finally:
+        if conn.in_transaction:
+            conn.execute("COMMIT")
+
+
 def is_full(exc: sqlite3.Error) -> bool:
     code = getattr(exc, "sqlite_errorcode", None)
     return (code is not None and code & 0xFF == _SQLITE_FULL) or "disk is full" in str(exc)

@@ -23,6 +23,7 @@ from relay.core.models import (
     StoredRecord,
 )
 from relay.store.bodies import BodyCache
+from relay.store.sqlite.held import Held
 from relay.store.sqlite.ingest import ingest, load_cursor
 from relay.store.sqlite.schema import (
     CHUNK,
@@ -35,6 +36,7 @@ from relay.store.sqlite.schema import (
     SYNCHRONOUS_MODES,
     _chunks,
     _marks,
+    _reading,
     _transaction,
     check_ours,
     configure,
@@ -55,6 +57,7 @@ __all__ = [
     "SCHEMA_V4",
     "SCHEMA_V5",
     "SYNCHRONOUS_MODES",
+    "_reading",
     "_transaction",
     "check_ours",
     "configure",
@@ -107,25 +110,20 @@ SET disabled_reason = excluded.disabled_reason, updated_at = excluded.updated_at
 # for the busy event loop to let go. A claim or finish of a hundred rows took a hundred such
 # waits; now it takes a handful, whatever its size.
 #
-# Due pending rows in queue order, plus inflight rows whose lease ran out (their holder died or
-# hung), merged oldest first. Each half walks its own partial index and stops at :limit. One row
-# comes back: the claimed deliveries as JSON, each with its rank in queue order (a window
+# Due pending rows in queue order that no live claim holds (claims are in memory: see
+# relay.store.sqlite.held), walking the partial index 'deliveries_due' and stopping at :limit.
+# One row comes back: the claimed deliveries as JSON, each with its rank in queue order (a window
 # function: SQLite 3.25 or later), and what names its record's body (id, rid, received_at).
+# The held ids are a JSON array, made into a lookup table once per statement.
 SQL_CLAIM = """
 SELECT json_group_array(
     json_array(due.rank, d.id, d.attempts, r.account, r.rid, r.id, r.received_at))
 FROM (
     SELECT id, row_number() OVER (ORDER BY next_at, id) AS rank FROM (
-        SELECT id, next_at FROM (
-            SELECT id, next_at FROM deliveries
-            WHERE subscriber = :sub AND state = 'pending' AND next_at <= :now
-            ORDER BY next_at, id LIMIT :limit)
-        UNION ALL
-        SELECT id, next_at FROM (
-            SELECT id, next_at FROM deliveries
-            WHERE subscriber = :sub AND state = 'inflight' AND lease_until < :now
-            ORDER BY lease_until LIMIT :limit))
-    ORDER BY next_at, id LIMIT :limit
+        SELECT id, next_at FROM deliveries
+        WHERE subscriber = :sub AND state = 'pending' AND next_at <= :now
+            AND id NOT IN (SELECT value FROM json_each(:held))
+        ORDER BY next_at, id LIMIT :limit)
 ) AS due
 JOIN deliveries AS d ON d.id = due.id
 JOIN records AS r ON r.id = d.record_id
@@ -138,11 +136,6 @@ SELECT json_group_array(json_array(id, length(body))), CAST(group_concat(body, '
 FROM records WHERE id IN (SELECT value FROM json_each(?))
 """
 BODIES_AT_ONCE = 32 * 1024 * 1024  # above this a claim reads its bodies row by row
-
-SQL_LEASE = """
-UPDATE deliveries SET state = 'inflight', lease_until = ?
-WHERE id IN (SELECT value FROM json_each(?))
-"""
 
 # One row of the finish batch: [delivery id, at, status, error, latency_ms, response, state,
 # next_at]. Numbers are read back from the JSON text exactly (no 15-digit round trip).
@@ -177,11 +170,12 @@ ON CONFLICT (subscriber) DO UPDATE
 SET disabled_reason = excluded.disabled_reason, updated_at = excluded.updated_at
 """
 
+# The first due time in queue order among the rows no live claim holds (one index step when
+# none is held, a step per held row before it otherwise).
 SQL_NEXT_DUE = """
-SELECT MIN(t) FROM (
-    SELECT MIN(next_at) AS t FROM deliveries WHERE subscriber = ? AND state = 'pending'
-    UNION ALL
-    SELECT MIN(lease_until) FROM deliveries WHERE subscriber = ? AND state = 'inflight')
+SELECT next_at FROM deliveries
+WHERE subscriber = ? AND state = 'pending' AND id NOT IN (SELECT value FROM json_each(?))
+ORDER BY next_at LIMIT 1
 """
 
 
@@ -198,20 +192,22 @@ def claim(
     now: float,
     lease: float,
     cache: BodyCache,
+    held: Held,
 ) -> list[Delivery]:
-    """Lease up to ``limit`` due deliveries. Bodies come from ``cache`` when a recent claim (of
-    any subscriber) read them, so one record's body exists once however many claim it."""
+    """Lease up to ``limit`` due deliveries (in ``held``: nothing is written). Bodies come from
+    ``cache`` when a recent claim (of any subscriber) read them, so one record's body exists
+    once however many claim it."""
     if limit <= 0:
         return []
-    with _transaction(conn):
+    with _reading(conn):
         if _disabled_reason(conn, subscriber) is not None:
             return []
-        params = {"sub": subscriber, "now": now, "limit": limit}
+        hold = orjson.dumps(held.live(subscriber, now)).decode()
+        params = {"sub": subscriber, "now": now, "limit": limit, "held": hold}
         rows = sorted(orjson.loads(conn.execute(SQL_CLAIM, params).fetchone()[0]))
         if not rows:
             return []
-        ids = orjson.dumps([row[1] for row in rows]).decode()
-        conn.execute(SQL_LEASE, (now + lease, ids))
+        held.take(subscriber, (row[1] for row in rows), now + lease)
         # Ids alone could name a different body: SQLite reuses the id of a deleted record.
         keys = {row[5]: (row[5], row[4], row[6]) for row in rows}
         bodies: dict[int, bytes] = {}
@@ -254,7 +250,14 @@ def _bodies(conn: sqlite3.Connection, record_ids: list[int]) -> dict[int, bytes]
     return bodies
 
 
-def finish(conn: sqlite3.Connection, results: Sequence[Finished]) -> None:
+def finish(conn: sqlite3.Connection, results: Sequence[Finished], held: Held) -> None:
+    """Store attempt results, ending their claims once (and only if) they are committed: a
+    refused write leaves them held, so nothing claims them while their result waits."""
+    _finish(conn, results)
+    held.drop(f.delivery_id for f in results)
+
+
+def _finish(conn: sqlite3.Connection, results: Sequence[Finished]) -> None:
     batch = _finish_batch(results)
     with _transaction(conn):
         # An attempt on a delivery that no longer exists is dropped rather than failing the
@@ -314,39 +317,17 @@ def _finish_params(f: Finished) -> tuple[Any, ...]:
     return (state, next_at, f.attempt.status, f.attempt.error, at, f.delivery_id)
 
 
-def release(conn: sqlite3.Connection, ids: Sequence[int]) -> None:
-    # next_at stays what it was when the row was claimed (in the past), so it is due at once
-    # and keeps its place in the queue.
-    with _transaction(conn):
-        for chunk in _chunks(list(ids)):
-            conn.execute(
-                "UPDATE deliveries SET state = 'pending', lease_until = NULL "
-                f"WHERE state = 'inflight' AND id IN ({_marks(len(chunk))})",
-                chunk,
-            )
-
-
-def renew_claims(conn: sqlite3.Connection, ids: Sequence[int], until: float) -> list[int]:
-    """Extend the leases of those of ``ids`` still in flight to ``until``; returns them."""
-    renewed: list[int] = []
-    with _transaction(conn):
-        for chunk in _chunks(list(ids)):
-            marks = _marks(len(chunk))
-            where = f"WHERE state = 'inflight' AND id IN ({marks})"
-            renewed.extend(
-                row[0] for row in conn.execute(f"SELECT id FROM deliveries {where}", chunk)
-            )
-            conn.execute(f"UPDATE deliveries SET lease_until = ? {where}", (until, *chunk))
-    return sorted(renewed)
-
-
-def next_due(conn: sqlite3.Connection, subscriber: str) -> float | None:
+def next_due(conn: sqlite3.Connection, subscriber: str, held: Held) -> float | None:
+    """When ``subscriber`` has something to claim next: its first unheld due time, or when a
+    held claim runs out, whichever is sooner."""
     # A disabled subscriber has nothing due until it is re-enabled (which wakes it anyway);
     # answering "now" would make its claim loop spin.
     if _disabled_reason(conn, subscriber) is not None:
         return None
-    row = conn.execute(SQL_NEXT_DUE, (subscriber, subscriber)).fetchone()
-    return None if row[0] is None else float(row[0])
+    hold = orjson.dumps(held.ids(subscriber)).decode()
+    row = conn.execute(SQL_NEXT_DUE, (subscriber, hold)).fetchone()
+    times = (None if row is None else float(row[0]), held.soonest(subscriber))
+    return min((t for t in times if t is not None), default=None)
 
 
 # -- operations ---------------------------------------------------------------------------------

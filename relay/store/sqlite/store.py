@@ -13,9 +13,11 @@ wider by an older relay is tightened on open. The directory is the operator's (0
 
 Ownership is an exclusive ``flock`` on ``<path>.lock``: a second relay on the same file fails
 fast with :class:`StoreLocked`, and the OS releases the lock when the owner dies. Because there is
-exactly one owner, deliveries left ``inflight`` by a dead process are due again as soon as the
-file is reopened; leases still expire in :meth:`SqliteStore.claim`, as they must for backends
-shared by several relays.
+exactly one owner, its claims are leases kept in memory (:mod:`relay.store.sqlite.held`): a
+claimed delivery stays ``pending`` in the file, nothing is written to claim it, and a dead
+owner's claims end with it. Leases still expire in :meth:`SqliteStore.claim`, as they must for
+backends shared by several relays. (A file from a relay that wrote its claims has its
+``inflight`` rows made due again when it is opened.)
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ from relay.store.base import Store
 from relay.store.bodies import BodyCache
 from relay.store.sqlite import ledger, pace, queries, retention
 from relay.store.sqlite import sql as q
+from relay.store.sqlite.held import Held, overlay_stats
 from relay.store.sqlite.single import SingleOwnerMixin
 
 log = logging.getLogger(__name__)
@@ -72,6 +75,7 @@ class SqliteStore(SingleOwnerMixin, Store):
         self._lock_fd: int | None = None
         # Used on the store thread only (by claim): one body object per record, shared.
         self._bodies = BodyCache()
+        self._held = Held()  # the owner's claims: touched only on the store's thread
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -141,6 +145,7 @@ class SqliteStore(SingleOwnerMixin, Store):
 
     def _close_sync(self) -> None:
         self._bodies.clear()
+        self._held.clear()
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()
@@ -179,6 +184,14 @@ class SqliteStore(SingleOwnerMixin, Store):
                 raise self._error(op, exc) from exc
 
         return await asyncio.get_running_loop().run_in_executor(executor, call)
+
+    async def _on_thread(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run ``fn(…)`` on the store's thread: for the held claims, which only it touches."""
+        if self._executor is None:
+            raise StoreError(f"state file {self.path} is not open")
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor, lambda: fn(*args, **kwargs)
+        )
 
     def _error(self, op: str, exc: sqlite3.Error) -> StoreError:
         # sqlite's messages name the failure, never the bound parameter values.
@@ -220,30 +233,34 @@ class SqliteStore(SingleOwnerMixin, Store):
     # -- delivery -----------------------------------------------------------------------------
 
     async def claim(self, subscriber: str, limit: int, now: float, lease: float) -> list[Delivery]:
-        return await self._run("claim", q.claim, subscriber, limit, now, lease, self._bodies)
+        return await self._run(
+            "claim", q.claim, subscriber, limit, now, lease, self._bodies, self._held
+        )
 
     async def finish(self, results: Sequence[Finished]) -> None:
         if results:
-            await self._run("finish", q.finish, results)
+            await self._run("finish", q.finish, results, self._held)
 
     async def release(self, delivery_ids: Sequence[int]) -> None:
         if delivery_ids:
-            await self._run("release", q.release, delivery_ids)
+            await self._on_thread(self._held.drop, delivery_ids)
 
     async def next_due(self, subscriber: str) -> float | None:
-        return await self._run("next due", q.next_due, subscriber)
+        return await self._run("next due", q.next_due, subscriber, self._held)
 
     async def claim_head(self, subscriber: str, now: float, lease: float) -> Delivery | None:
-        return await self._run("claim head", pace.claim_head, subscriber, now, lease, self._bodies)
+        return await self._run(
+            "claim head", pace.claim_head, subscriber, now, lease, self._bodies, self._held
+        )
 
     async def head_due(self, subscriber: str) -> float | None:
-        return await self._run("head due", pace.head_due, subscriber)
+        return await self._run("head due", pace.head_due, subscriber, self._held)
 
     async def due_times(self) -> dict[str, float]:
-        return await self._run("due times", pace.due_times)
+        return await self._run("due times", pace.due_times, self._held)
 
     async def requeue_retries(self, subscriber: str) -> int:
-        return await self._run("requeue retries", pace.requeue_retries, subscriber)
+        return await self._run("requeue retries", pace.requeue_retries, subscriber, self._held)
 
     async def load_circuits(self) -> dict[str, Circuit]:
         return await self._run("load circuits", pace.load_circuits)
@@ -285,7 +302,7 @@ class SqliteStore(SingleOwnerMixin, Store):
             after = last
 
     async def stats(self) -> StoreStats:
-        return await self._run("stats", q.stats)
+        return await self._run("stats", _stats, self._held)
 
     # -- retention: one chunk per job, so claims and finishes interleave ------------------------
 
@@ -317,7 +334,7 @@ class SqliteStore(SingleOwnerMixin, Store):
         # No fencing here: this process is the only one that can hold a claim.
         if not claims:
             return []
-        return await self._run("renew claims", q.renew_claims, [c.id for c in claims], now + lease)
+        return sorted(await self._on_thread(self._held.renew, [c.id for c in claims], now + lease))
 
     async def release_claims(self, claims: Sequence[Delivery]) -> None:
         await self.release([c.id for c in claims])
@@ -326,16 +343,16 @@ class SqliteStore(SingleOwnerMixin, Store):
         return await self._run("list records", q.recent_records, limit)
 
     async def journey(self, account: str, rid: int) -> Journey:
-        return await self._run("journey", queries.journey, account, rid)
+        return await self._run("journey", queries.journey, account, rid, self._held.state)
 
     async def find_records(self, query: RecordQuery) -> list[RecordSummary]:
-        return await self._run("find records", queries.find_records, query)
+        return await self._run("find records", queries.find_records, query, self._held.state)
 
     async def redeliver(self, delivery_id: int, now: float) -> bool:
         return await self._run("redeliver", queries.redeliver, delivery_id, now)
 
     async def recent_attempts(self, limit: int) -> list[RecentAttempt]:
-        return await self._run("recent attempts", queries.recent_attempts, limit)
+        return await self._run("recent attempts", queries.recent_attempts, limit, self._held.state)
 
     async def delivery_subscriber(self, delivery_id: int) -> str | None:
         return await self._run("find delivery", queries.delivery_subscriber, delivery_id)
@@ -345,6 +362,10 @@ class SqliteStore(SingleOwnerMixin, Store):
             await self._run("backup", queries.backup, target)
         except OSError as exc:
             raise StoreError(f"cannot write backup {target}: {exc.strerror or exc}") from exc
+
+
+def _stats(conn: sqlite3.Connection, held: Held) -> StoreStats:
+    return overlay_stats(conn, held, q.stats(conn))
 
 
 def integrity_check(path: str) -> str:
