@@ -199,6 +199,7 @@ async def relay_run(
         )  # fmt: skip
         handle = Child(proc, name)
         copy: asyncio.Future[None] | None = None
+        spy: asyncio.subprocess.Process | None = None
         try:
             assert proc.stderr is not None
             while True:  # the relay logs this line once every task is started
@@ -209,11 +210,28 @@ async def relay_run(
                 if b"relay running" in line:
                     break
             copy = asyncio.ensure_future(_copy(proc.stderr, log))
+            spy = await _profile(name, proc.pid, log_dir)
             yield handle
         finally:
             await handle.stop(60)
             if copy is not None:
                 await copy
+            if spy is not None:
+                await asyncio.wait_for(spy.wait(), 60)
+
+
+async def _profile(name: str, pid: int, log_dir: str) -> asyncio.subprocess.Process | None:
+    """With ``BENCH_PYSPY=1``, py-spy samples the relay (all threads, 200 Hz, idle frames out)
+    from now until it exits, into ``<log_dir>/<name>-<pid>.txt`` as collapsed stacks."""
+    if os.environ.get("BENCH_PYSPY") != "1":
+        return None
+    out = os.path.join(log_dir, f"{name}-{pid}.txt")
+    args = ["record", "--pid", str(pid), "--rate", "200", "--threads", "--nonblocking"]
+    return await asyncio.create_subprocess_exec(
+        os.path.join(os.path.dirname(sys.executable), "py-spy"), *args, "--format", "raw",
+        "-o", out, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
 
 
 async def _copy(stream: asyncio.StreamReader, log: BinaryIO) -> None:
