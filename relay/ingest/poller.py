@@ -99,6 +99,8 @@ class AccountPoller:
         self._anchor: str | None = None
         self._status: tuple[str, str | None] | None = None
         self.polls = 0  # successful polls, for status and tests
+        # Called with the account's name after the first successful poll (the supervisor's).
+        self.on_first_poll: Callable[[str], None] | None = None
         # On a shared store, only the holder of this lease polls the account (None: always us).
         self.lease = lease
         # What the operator surfaces show (see relay.core.status); request times are kept for
@@ -272,6 +274,8 @@ class AccountPoller:
         self._cursor = AccountCursor(cursor, last_sweep, self._anchor)
         self._intake.done()
         self.polls += 1
+        if self.polls == 1 and self.on_first_poll is not None:
+            self.on_first_poll(self.name)
         if cursor is not None:
             self.stats.newest_call_at = _epoch(cursor, self._tz)
         if plan.seed_only and poll.new:
