@@ -92,6 +92,7 @@ class AccountPoller:
             start_from=up.start_from,
         )
         self._cursor = AccountCursor(newest=None, last_sweep=None)
+        self._handed: AccountCursor | None = None  # see hand_over
         self._swept_stored: float | None = None  # last_sweep as the store has it
         # The cursor as it stood right after the last sweep: the next sweep reads back from
         # here, not from the current cursor, so a record written up to `lookback` behind the
@@ -136,7 +137,13 @@ class AccountPoller:
 
     async def _run(self, stop: asyncio.Event) -> None:
         if self.lease is None:
-            await self.load()
+            # The position handed over at start-up (one query for every account), used once: a
+            # run restarted after a crash takes up the durable position again, as ever.
+            cursor, self._handed = self._handed, None
+            if cursor is None:
+                await self.load()
+            else:
+                self._take_up(cursor)
         failures = 0
         loop = asyncio.get_running_loop()
         now = self._clock()
@@ -236,10 +243,20 @@ class AccountPoller:
 
     async def load(self) -> None:
         """Take up the account's durable position (cursor, last sweep and its anchor)."""
-        self._cursor = await self._store.load_cursor(self.name)
-        self._swept_stored = self._cursor.last_sweep
+        self._take_up(await self._store.load_cursor(self.name))
+
+    def hand_over(self, cursor: AccountCursor) -> None:
+        """Give a poller without a lease its durable position, read for it by the caller
+        (:meth:`Store.load_cursors`, every account at once): :meth:`run` takes it up instead
+        of loading its own. A poller never handed one (added by a reload) loads its own."""
+        self._handed = cursor
+
+    def _take_up(self, cursor: AccountCursor) -> None:
+        """Take up ``cursor``, the account's durable position, as :meth:`load` does."""
+        self._cursor = cursor
+        self._swept_stored = cursor.last_sweep
         # A file from before the anchor was kept has none: read back from the cursor, as then.
-        self._anchor = self._cursor.sweep_anchor or self._cursor.newest
+        self._anchor = cursor.sweep_anchor or cursor.newest
 
     async def poll_once(self) -> int:
         """One poll: fetch the planned window and ingest it. Returns how many records were new."""

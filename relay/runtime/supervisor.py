@@ -132,6 +132,7 @@ class Supervisor:
         self._stop = stop
         if self.cluster is not None:
             await self.cluster.join()
+        await self._hand_over_cursors()
         self._unpolled = {p.name for p in self.pollers if p.polls == 0}
         if not self._unpolled:
             self.polled_once.set()  # nothing to wait for (no accounts)
@@ -171,6 +172,22 @@ class Supervisor:
         if self.cluster is not None:
             await self.cluster.leave()
         log.info("stopped")
+
+    async def _hand_over_cursors(self) -> None:
+        """Read every lease-less poller's cursor in one store query and hand it over: at
+        10,000 accounts, one round trip instead of 10,000 as the pollers start. A leased
+        poller (shared store) loads its own on taking the lease, when it is current; if this
+        read fails, each poller loads its own as it starts (and backs off as ever)."""
+        pollers = [p for p in self.pollers if p.lease is None]
+        if not pollers:
+            return
+        try:
+            cursors = await self.store.load_cursors([p.name for p in pollers])
+        except StoreError as exc:
+            log.warning("cannot load the cursors at start-up; each account loads its own: %s", exc)
+            return
+        for poller in pollers:
+            poller.hand_over(cursors[poller.name])
 
     def _first_poll(self, account: str) -> None:
         """``account`` polled successfully for the first time (or a reload removed it)."""
