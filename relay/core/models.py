@@ -103,6 +103,9 @@ class AccountCursor:
     sweep_anchor: str | None = None
 
 
+NO_CURSOR = AccountCursor(None, None)  # an account never polled (frozen, so one serves all)
+
+
 @dataclass(frozen=True, slots=True)
 class Delivery:
     """One claimed delivery: one record to one subscriber.

@@ -1,5 +1,6 @@
 """What one poll carries across the batches of a (possibly streamed) response: the plan, the
-newest plausible stamp, the rids already stored; and one batch of records ready to store."""
+cursor it began from, the newest plausible stamp, the rids already stored; and one batch of
+records ready to store."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ class PollState:
     plan: PollPlan
     received_at: float
     skew_limit: str  # call_timestamps after this do not move the cursor
+    cursor: str | None = None  # the account's cursor when the poll began
     new: int = 0  # records newly stored
     received: int = 0  # records of the response prepared so far
     newest: str | None = None  # the newest plausible call_timestamp prepared so far

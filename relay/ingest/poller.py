@@ -8,10 +8,9 @@ Detection rests on three things (see the README's design notes):
 * every rid is de-duplicated in durable storage in the same transaction that stores the record.
 
 A failure anywhere before the ingest commit leaves the cursor where it was, so the next poll
-re-reads the same window: nothing is skipped. A large response (a catch-up after an outage) is
-stored in batches of :data:`BATCH_RECORDS`, each its own transaction, and only the last one moves
-the cursor: a failure half-way keeps the cursor, and the batches already stored are de-duplicated
-when the window is read again.
+re-reads the same window: nothing is skipped. What an answer holds is validated and stored by
+the account's :class:`~relay.ingest.intake.Intake` (in batches for a large one, only the last
+moving the cursor); this module schedules the polls, plans their windows and keeps the cursor.
 """
 
 from __future__ import annotations
@@ -24,41 +23,26 @@ import time
 from collections import deque
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
 from zoneinfo import ZoneInfo
 
 from relay.config.schema import AccountSettings, Settings
 from relay.core.aio import unless_stopped, wait_or_stop
-from relay.core.envelope import build_body
 from relay.core.errors import (
-    NonFiniteNumber,
     StoreError,
     StoreFull,
     UpstreamAuthError,
     UpstreamError,
     UpstreamRateLimited,
 )
-from relay.core.models import AccountCursor, CallRecord, IngestBatch, Quarantined
+from relay.core.models import AccountCursor
 from relay.core.retry import upstream_backoff
 from relay.core.schedule import next_due
 from relay.core.status import RuntimeAccount
-from relay.core.window import (
-    WindowPolicy,
-    advance_cursor,
-    plan_poll,
-    prune_before,
-    skew_limit,
-    validate_records,
-)
-from relay.ingest.announce import announce_new, warn_odd_stamps
-from relay.ingest.batch import Batch, PollState, check_repeats
-from relay.ingest.body import NON_FINITE, FetchResult, StreamAbandoned, StreamedBody
+from relay.core.window import WindowPolicy, plan_poll, prune_before
 from relay.ingest.budget import KeyBudget
 from relay.ingest.cadence import KeyCadence
+from relay.ingest.intake import Intake
 from relay.ingest.lease import AccountLease, LeaseLost
-from relay.ingest.rejects import Rejects
-from relay.ingest.routing import Router
-from relay.ingest.seen import KnownRids
 from relay.ingest.upstream import Credentials, WebFonesClient
 from relay.store.base import Store
 
@@ -68,11 +52,6 @@ AUTH_RETRY = 900.0  # a rejected key is tried again every 15 minutes, in case it
 RATE_LIMIT_PAUSE = 60.0  # a 429 without Retry-After pauses the key this long
 BACKOFF_CAP = 300.0
 PRUNE_MARGIN = 3600.0  # de-dup memory is kept this much longer than the look-back
-# A large response is parsed SLICE_RECORDS records at a time (as Python objects, about 2 KB
-# each) and stored BATCH_RECORDS at a time (as webhook bodies, about 0.5 KB each), one transaction
-# per batch: only a slice ever exists as objects, and larger transactions are faster in total.
-SLICE_RECORDS = 1_000
-BATCH_RECORDS = 10_000
 # An account that never had a record has no cursor, so every poll is a sweep from the last one
 # (see relay.core.window): its durable ``last_sweep`` only says where a restarted poller reads
 # back from, and an older one only makes it read a little more. Written this often, not on
@@ -98,16 +77,12 @@ class AccountPoller:
         up = settings.upstream
         self.name = account.name
         self._credentials = Credentials(account.api_key.get_secret_value(), account.auth)
-        subscribers = settings.subscribers_for(account.name)
-        self._subscribers = [s.name for s in subscribers]
         self._settings = settings
-        self._router = Router(account.name, subscribers, ZoneInfo(up.timezone), up.phone_region)
         self._store = store
         self._client = client
         self._budget = budget
         # When to poll next (shared by the accounts on this key; alone on it when not given).
         self._cadence = cadence or KeyCadence(up, [account.name])
-        self._notify = notify
         self._clock = clock
         self._tz = ZoneInfo(up.timezone)
         self._policy = WindowPolicy(
@@ -117,16 +92,16 @@ class AccountPoller:
             start_from=up.start_from,
         )
         self._cursor = AccountCursor(newest=None, last_sweep=None)
+        self._handed: AccountCursor | None = None  # see hand_over
         self._swept_stored: float | None = None  # last_sweep as the store has it
         # The cursor as it stood right after the last sweep: the next sweep reads back from
         # here, not from the current cursor, so a record written up to `lookback` behind the
         # newest record *when it appeared* is still caught however far the cursor moved since.
         self._anchor: str | None = None
-        self._rejects = Rejects(self.name)
-        # Rids the last poll's answer had and the store holds: a re-read builds no body for them.
-        self._known = KnownRids()
         self._status: tuple[str, str | None] | None = None
         self.polls = 0  # successful polls, for status and tests
+        # Called with the account's name after the first successful poll (the supervisor's).
+        self.on_first_poll: Callable[[str], None] | None = None
         # On a shared store, only the holder of this lease polls the account (None: always us).
         self.lease = lease
         # What the operator surfaces show (see relay.core.status); request times are kept for
@@ -135,6 +110,8 @@ class AccountPoller:
             budget_requests=up.rate_limit.requests, budget_per=up.rate_limit.per, timeout=up.timeout
         )
         self._requests: deque[float] = deque(maxlen=up.rate_limit.requests)
+        # Validates, stores and announces each answer (relay.ingest.intake).
+        self._intake = Intake(account.name, settings, store, notify, self.stats)
         # Seconds after start before the first poll: set by the wiring to spread a relay's
         # accounts over the poll interval (relay.core.schedule); 0 polls at once.
         self.start_offset = 0.0
@@ -160,7 +137,13 @@ class AccountPoller:
 
     async def _run(self, stop: asyncio.Event) -> None:
         if self.lease is None:
-            await self.load()
+            # The position handed over at start-up (one query for every account), used once: a
+            # run restarted after a crash takes up the durable position again, as ever.
+            cursor, self._handed = self._handed, None
+            if cursor is None:
+                await self.load()
+            else:
+                self._take_up(cursor)
         failures = 0
         loop = asyncio.get_running_loop()
         now = self._clock()
@@ -260,10 +243,20 @@ class AccountPoller:
 
     async def load(self) -> None:
         """Take up the account's durable position (cursor, last sweep and its anchor)."""
-        self._cursor = await self._store.load_cursor(self.name)
-        self._swept_stored = self._cursor.last_sweep
+        self._take_up(await self._store.load_cursor(self.name))
+
+    def hand_over(self, cursor: AccountCursor) -> None:
+        """Give a poller without a lease its durable position, read for it by the caller
+        (:meth:`Store.load_cursors`, every account at once): :meth:`run` takes it up instead
+        of loading its own. A poller never handed one (added by a reload) loads its own."""
+        self._handed = cursor
+
+    def _take_up(self, cursor: AccountCursor) -> None:
+        """Take up ``cursor``, the account's durable position, as :meth:`load` does."""
+        self._cursor = cursor
+        self._swept_stored = cursor.last_sweep
         # A file from before the anchor was kept has none: read back from the cursor, as then.
-        self._anchor = self._cursor.sweep_anchor or self._cursor.newest
+        self._anchor = cursor.sweep_anchor or cursor.newest
 
     async def poll_once(self) -> int:
         """One poll: fetch the planned window and ingest it. Returns how many records were new."""
@@ -284,24 +277,8 @@ class AccountPoller:
         self.stats.enter("polling", self._clock())
         response = await self._client.fetch(self._credentials, plan.since)
         received_at = self._clock()
-        skew = self._settings.upstream.max_clock_skew
-        poll = PollState(plan, received_at, skew_limit(received_at, self._tz, skew))
-        self._known.begin()
-        if isinstance(response, StreamedBody):
-            try:
-                cursor = await self._ingest_stream(poll, response)
-            except StreamAbandoned as exc:
-                log.info(
-                    "large response (%d bytes) parsed whole: %s",
-                    response.nbytes,
-                    exc,
-                    extra={"account": self.name},
-                )
-                poll.restart()
-                whole = response.whole()
-                cursor = await self._ingest_last(poll, whole, Batch(), streamed=False)
-        else:
-            cursor = await self._ingest_last(poll, response, Batch(), streamed=False)
+        poll = self._intake.begin(plan, received_at, self._cursor.newest)
+        cursor = await self._intake.ingest(poll, response)
         last_sweep = self._cursor.last_sweep
         if plan.sweep or plan.seed_only:
             last_sweep = received_at
@@ -312,8 +289,10 @@ class AccountPoller:
                 await self._prune(cursor, received_at)
             self._anchor = cursor
         self._cursor = AccountCursor(cursor, last_sweep, self._anchor)
-        self._known.done()
+        self._intake.done()
         self.polls += 1
+        if self.polls == 1 and self.on_first_poll is not None:
+            self.on_first_poll(self.name)
         if cursor is not None:
             self.stats.newest_call_at = _epoch(cursor, self._tz)
         if plan.seed_only and poll.new:
@@ -337,134 +316,6 @@ class AccountPoller:
         """Whether this sweep of a still cursor-less account may go unrecorded for now."""
         stored = self._swept_stored
         return cursor is None and stored is not None and 0 <= at - stored < SWEPT_WRITE_EVERY
-
-    async def _ingest_stream(self, poll: PollState, body: StreamedBody) -> str | None:
-        """Store a large response batch by batch; the last batch moves the cursor (returned).
-
-        StreamAbandoned (before the batch concerned is stored) when a rid repeats in the
-        response: which copy is kept or quarantined is decided by comparing the records, which
-        only the whole-body path still has.
-        """
-        batch = Batch()
-        for raw in body.batches(SLICE_RECORDS):
-            self._prepare(poll, raw, batch, streamed=True)
-            # The parser holds this list until it makes the next one: emptied now, the records
-            # as objects are gone while the batch is stored.
-            raw.clear()
-            if len(batch.records) >= BATCH_RECORDS:
-                check_repeats(poll, batch)
-                await self._commit(poll, batch, None)
-                batch = Batch()
-            else:
-                # A slice takes tens of milliseconds: let claims, POSTs and results run between
-                # slices instead of after the whole batch (about a second of 10,000 records).
-                await asyncio.sleep(0)
-        assert body.result is not None  # batches() sets it when it ends
-        return await self._ingest_last(poll, body.result, batch, streamed=True)
-
-    async def _ingest_last(
-        self, poll: PollState, result: FetchResult, batch: Batch, *, streamed: bool
-    ) -> str | None:
-        """Store the last (or only) batch of a response with the new cursor, and return it."""
-        self._prepare(poll, result.records, batch, streamed=streamed)
-        # Records the parser refused (a number beyond double range) are kept aside too.
-        poll.received += len(result.rejected)
-        batch.fresh_invalid.extend(self._rejects.fresh(result.rejected))
-        check_repeats(poll, batch)
-        # A count above the records means the answer admits it is incomplete: store what came,
-        # but keep the cursor, so that whatever is missing is asked for again.
-        complete = result.count is None or result.count <= poll.received
-        if result.count is not None and result.count != poll.received:
-            log.warning(
-                "count says %d but %d records came; using the records%s",
-                result.count,
-                poll.received,
-                "" if complete else ", cursor kept",
-                extra={"account": self.name},
-            )
-        cursor = self._cursor.newest
-        if complete and poll.newest is not None:
-            cursor = advance_cursor(
-                cursor,
-                [poll.newest],
-                poll.received_at,
-                self._tz,
-                self._settings.upstream.max_clock_skew,
-            )
-        await self._commit(poll, batch, cursor)
-        return cursor
-
-    def _prepare(self, poll: PollState, raw: list[Any], batch: Batch, *, streamed: bool) -> None:
-        """Validate records into ``batch`` as webhook bodies; note the newest plausible stamp."""
-        valid, invalid = validate_records(raw)
-        poll.received += len(raw)
-        if streamed:
-            rids = {v.rid for v in valid}
-            if not batch.rids.isdisjoint(rids):
-                raise StreamAbandoned("a rid repeats in the response")
-            batch.rids |= rids
-        # Every valid call_ts parses, and such text sorts like the time it names.
-        newest = max((v.call_ts for v in valid if v.call_ts <= poll.skew_limit), default=None)
-        if newest is not None and (poll.newest is None or newest > poll.newest):
-            poll.newest = newest
-        limit = self._settings.upstream.max_record_bytes
-        # Routing (subscriber filters) only when some subscriber has a filter: the default path
-        # computes nothing extra.
-        route = self._router.route if self._router.filtering else None
-        known = self._known
-        skipped: list[int] = []
-        for v in valid:
-            if v.rid in known:
-                # Stored by an earlier poll (see relay.ingest.seen): the store would drop it.
-                skipped.append(v.rid)
-                continue
-            try:
-                body = build_body(self.name, poll.received_at, v.record)
-            except NonFiniteNumber:
-                # NaN or an infinity: no JSON can carry it. Kept aside (its call_timestamp
-                # still moves the cursor past it, as for an oversized record).
-                invalid.append((v.record, NON_FINITE))
-                continue
-            if len(body) > limit:
-                # Every delivery of it would hold it in memory, and every receiver would get
-                # it: kept aside instead (its call_timestamp still moves the cursor past it).
-                batch.fresh_invalid.extend(self._rejects.oversized(v.record, body, limit))
-            elif route is None:
-                batch.records.append(CallRecord(v.rid, v.call_ts, body))
-            else:
-                batch.records.append(CallRecord(v.rid, v.call_ts, body, route(v.record)))
-        batch.fresh_invalid.extend(self._rejects.fresh(invalid))
-        known.stored(skipped)
-
-    async def _commit(self, poll: PollState, batch: Batch, cursor: str | None) -> None:
-        """Store one batch in one transaction (``cursor`` None: leave the cursor as it is)."""
-        if not batch.records and not batch.fresh_invalid and cursor in (None, self._cursor.newest):
-            return  # an empty poll: nothing to store, and no transaction to pay for
-        outcome = await self._store.ingest(
-            IngestBatch(
-                account=self.name,
-                records=batch.records,
-                subscribers=self._subscribers,
-                received_at=poll.received_at,
-                cursor=cursor,
-                quarantined=[
-                    Quarantined(data, reason) for _, reason, data, _ in batch.fresh_invalid
-                ],
-                seed_only=poll.plan.seed_only,
-            )
-        )
-        poll.stored.extend(batch.rids)
-        self._known.stored(r.rid for r in batch.records)
-        self._rejects.remember(batch.fresh_invalid)
-        poll.new += len(outcome.new_rids)
-        self.stats.ingested += len(outcome.new_rids)
-        if poll.plan.seed_only or not outcome.new_rids:
-            return
-        announce_new(self.name, self._subscribers, outcome.new_rids, batch.records)
-        limit = skew_limit(poll.received_at, self._tz, self._settings.upstream.max_clock_skew)
-        warn_odd_stamps(self.name, outcome.new_rids, batch.records, poll.plan.since, limit)
-        if self._subscribers:
-            self._notify(self._subscribers)
 
     async def _prune(self, cursor: str, now: float) -> None:
         lookback = self._settings.upstream.lookback

@@ -42,7 +42,7 @@ async def sessions(settings: Settings) -> AsyncIterator[Http1Client]:
 async def run_relay(
     settings: Settings,
     stop: asyncio.Event,
-    on_started: Callable[[Supervisor], None] | None = None,
+    on_started: Callable[[Supervisor], object] | None = None,
     *,
     config_path: str | None = None,
     watch: bool = False,
@@ -82,24 +82,51 @@ async def run_relay(
         await store.close()
 
 
-def freeze_gc(supervisor: Supervisor) -> None:
-    """Once the relay runs, move everything start-up made (settings, pollers, subscribers,
-    modules) out of the cyclic garbage collector's reach, as CPython's ``gc.freeze`` docs
-    suggest for long-lived processes: with 10,000 accounts and subscribers those are several
-    hundred MB of objects that every full collection would otherwise walk again, for nothing,
-    as they live as long as the process. Only for ``relay run`` (a process of its own)."""
-    task = asyncio.get_running_loop().create_task(_freeze_when_running(supervisor))
+FIRST_POLLS_WITHIN = 600.0  # the second freeze waits this long at most for the first polls
+
+
+def freeze_gc(
+    supervisor: Supervisor, first_polls_within: float = FIRST_POLLS_WITHIN
+) -> asyncio.Task[None]:
+    """Move what lives as long as the process out of the cyclic garbage collector's reach, as
+    CPython's ``gc.freeze`` docs suggest for long-lived processes: with 10,000 accounts and
+    subscribers those are several hundred MB of objects that every full collection would
+    otherwise walk again, for nothing. Only for ``relay run`` (a process of its own).
+
+    Twice: once the relay runs (settings, pollers, subscribers, modules), and again once every
+    account has polled successfully once (``supervisor.polled_once``), for what those first
+    polls made and keep (connections, sessions, per-account caches). The second freeze does
+    not wait for ever: accounts that never succeed (a rejected key, an upstream down, an
+    account another instance polls) would hold it back with everything else, so it comes
+    ``first_polls_within`` seconds after the first at the latest, with whatever polled by then.
+    Returns the task doing it (for tests; it owns nothing else)."""
+    task = asyncio.get_running_loop().create_task(
+        _freeze_when_running(supervisor, first_polls_within)
+    )
     _FREEZERS.add(task)
     task.add_done_callback(_FREEZERS.discard)
+    return task
 
 
 _FREEZERS: set[asyncio.Task[None]] = set()
 
 
-async def _freeze_when_running(supervisor: Supervisor) -> None:
+async def _freeze_when_running(supervisor: Supervisor, first_polls_within: float) -> None:
     await supervisor.started.wait()
     gc.collect()  # what is garbage now is not frozen with the rest
     gc.freeze()
+    try:
+        async with asyncio.timeout(first_polls_within):
+            await supervisor.polled_once.wait()
+    except TimeoutError:
+        pass  # some account has not polled yet: freeze what the others made
+    gc.collect()  # walks only what the first freeze left: the first polls' objects
+    gc.freeze()
+    log.debug(
+        "gc frozen again after the first polls (%s); %d objects frozen",
+        "every account polled" if supervisor.polled_once.is_set() else "not every account polled",
+        gc.get_freeze_count(),
+    )
 
 
 def raise_fd_limit() -> int:

@@ -74,6 +74,11 @@ class Supervisor:
         self._loader = loader  # re-reads the config file (raises ConfigError)
         self._watch = watch  # the config file to watch for changes, if any
         self.started = asyncio.Event()
+        # Set once every account configured at start has polled successfully once (or was
+        # removed by a reload first): what start-up made is all there then (relay.runtime.runner).
+        self.polled_once = asyncio.Event()
+        self._unpolled: set[str] = set()
+        self._on_first_poll = self._first_poll  # one bound method for every poller
         self._stopping = False
         self._tg: asyncio.TaskGroup | None = None
         self._stop: asyncio.Event | None = None
@@ -127,6 +132,10 @@ class Supervisor:
         self._stop = stop
         if self.cluster is not None:
             await self.cluster.join()
+        await self._hand_over_cursors()
+        self._unpolled = {p.name for p in self.pollers if p.polls == 0}
+        if not self._unpolled:
+            self.polled_once.set()  # nothing to wait for (no accounts)
         async with asyncio.TaskGroup() as tg:
             self._tg = tg
             writer = tg.create_task(self.results.run(writer_stop), name="result-writer")
@@ -164,8 +173,31 @@ class Supervisor:
             await self.cluster.leave()
         log.info("stopped")
 
+    async def _hand_over_cursors(self) -> None:
+        """Read every lease-less poller's cursor in one store query and hand it over: at
+        10,000 accounts, one round trip instead of 10,000 as the pollers start. A leased
+        poller (shared store) loads its own on taking the lease, when it is current; if this
+        read fails, each poller loads its own as it starts (and backs off as ever)."""
+        pollers = [p for p in self.pollers if p.lease is None]
+        if not pollers:
+            return
+        try:
+            cursors = await self.store.load_cursors([p.name for p in pollers])
+        except StoreError as exc:
+            log.warning("cannot load the cursors at start-up; each account loads its own: %s", exc)
+            return
+        for poller in pollers:
+            poller.hand_over(cursors[poller.name])
+
+    def _first_poll(self, account: str) -> None:
+        """``account`` polled successfully for the first time (or a reload removed it)."""
+        self._unpolled.discard(account)
+        if not self._unpolled:
+            self.polled_once.set()
+
     def _start_poller(self, poller: AccountPoller) -> None:
         assert self._tg is not None
+        poller.on_first_poll = self._on_first_poll
         unit = self._units[f"poll:{poller.name}"] = _Unit()
         unit.tasks.append(self._spawn(self._tg, f"poll:{poller.name}", unit.stop, poller.run))
 
@@ -223,9 +255,12 @@ class Supervisor:
         if plan.new_client:
             assert self.pipeline.http is not None
             self.pipeline.client = make_client(new, self.pipeline.http, self.pipeline.instance)
+        staying = {a.name for a in plan.start_accounts}
         for name in plan.stop_accounts:
             await self._stop_unit(f"poll:{name}")
             self.pollers[:] = [p for p in self.pollers if p.name != name]
+            if name not in staying:
+                self._first_poll(name)  # removed: it will never poll, nor need to
         if plan.new_client and old_client is not None:
             old_client.close()  # its pollers are stopped (all of them: the upstream changed)
         self.settings = new

@@ -115,6 +115,10 @@ class Store(StoreReader):
         """The account's durable poll position (empty for an account never polled)."""
 
     @abc.abstractmethod
+    async def load_cursors(self, accounts: Sequence[str]) -> dict[str, AccountCursor]:
+        """:meth:`load_cursor` of every one of ``accounts``, keyed by account, in one query."""
+
+    @abc.abstractmethod
     async def ingest(self, batch: IngestBatch) -> IngestResult:
         """In one transaction: store the new records, mark their rids seen, enqueue one delivery
         per (new record, subscriber), keep quarantined records aside, and advance the cursor.

@@ -86,6 +86,40 @@ async def test_cursor_only_moves_forward(store: Store) -> None:
     assert await store.load_cursor("fresh") == AccountCursor(None, 6_000.0, None)
 
 
+async def test_load_cursors_answers_what_load_cursor_answers_per_account(store: Store) -> None:
+    await store.ingest(batch([1], cursor=ts(1)))  # a cursor, never swept
+    await store.ingest(batch([2], account="swept", cursor=ts(2)))
+    await store.mark_swept("swept", 5_000.0, ts(2))  # a cursor, a sweep and its anchor
+    await store.mark_swept("quiet", 6_000.0, None)  # swept, but no record yet
+    await store.ingest(batch([3], account="swept", cursor=ts(3)))  # moved on since the sweep
+    accounts = ["acct", "swept", "quiet", "never", "acct"]  # one without a row; one asked twice
+    loaded = await store.load_cursors(accounts)
+    assert loaded == {
+        "acct": AccountCursor(ts(1), None, None),
+        "swept": AccountCursor(ts(3), 5_000.0, ts(2)),
+        "quiet": AccountCursor(None, 6_000.0, None),
+        "never": AccountCursor(None, None),
+    }
+    assert loaded == {a: await store.load_cursor(a) for a in accounts}
+    assert await store.load_cursors([]) == {}
+
+
+async def test_load_cursors_of_more_accounts_than_one_statement_may_bind(store: Store) -> None:
+    # SQLite binds at most 32,766 parameters (999 before 3.32): one query whatever the count.
+    accounts = [f"tenant-{i:05d}" for i in range(40_000)]
+    for i in range(0, len(accounts), 4_000):
+        await store.mark_swept(accounts[i], float(i), ts(i % 86_400))
+    loaded = await store.load_cursors(accounts)
+    assert list(loaded) == accounts
+    swept = {a: c for a, c in loaded.items() if c != AccountCursor(None, None)}
+    assert swept == {
+        accounts[i]: AccountCursor(None, float(i), ts(i % 86_400))
+        for i in range(0, len(accounts), 4_000)
+    }
+    for i in (0, 1, 39_999):
+        assert loaded[accounts[i]] == await store.load_cursor(accounts[i])
+
+
 async def test_one_delivery_per_subscriber_with_identical_bytes(store: Store) -> None:
     body = bytes(range(256)) + b"\x00\xff not utf-8 \xc3\x28"
     records = [CallRecord(1, ts(1), body), rec(2)]

@@ -30,7 +30,7 @@ from relay.core.errors import MalformedResponse
 from relay.core.models import IngestBatch, IngestResult
 from relay.http1.client import Http1Client
 from relay.ingest import body as parsing
-from relay.ingest import poller
+from relay.ingest import intake
 from relay.ingest.body import FetchResult, StreamAbandoned, StreamedBody, parse_body
 from relay.ingest.budget import KeyBudget
 from relay.ingest.poller import AccountPoller
@@ -60,8 +60,8 @@ EARLY = N // BATCH  # batches stored before the last one
 @pytest.fixture(autouse=True)
 def small_thresholds(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(parsing, "STREAM_ABOVE", 4096)
-    monkeypatch.setattr(poller, "SLICE_RECORDS", SLICE)
-    monkeypatch.setattr(poller, "BATCH_RECORDS", BATCH)
+    monkeypatch.setattr(intake, "SLICE_RECORDS", SLICE)
+    monkeypatch.setattr(intake, "BATCH_RECORDS", BATCH)
 
 
 # -- the streamed parse against the whole-body parse --------------------------------------------

@@ -20,6 +20,9 @@ END_MAINTENANCE = f"SELECT pg_advisory_unlock({MAINTENANCE_KEY})"
 # -- ingest ---------------------------------------------------------------------------------------
 
 LOAD_CURSOR = "SELECT newest, last_sweep, sweep_anchor FROM cursors WHERE account = $1"
+LOAD_CURSORS = (
+    "SELECT account, newest, last_sweep, sweep_anchor FROM cursors WHERE account = ANY($1::text[])"
+)
 
 # The seen insert is the de-dup: only rids not yet known come back, whoever else is ingesting.
 MARK_SEEN = """

@@ -26,6 +26,7 @@ from asyncpg.pool import PoolConnectionProxy
 
 from relay.core.errors import StoreError
 from relay.core.models import (
+    NO_CURSOR,
     AccountCursor,
     DeadLetter,
     Delivery,
@@ -149,6 +150,12 @@ class PostgresStore(RetentionMixin, PaceMixin, SharedStateMixin, OperatorQueries
         async with self._conn("load cursor") as conn:
             row = await conn.fetchrow(q.LOAD_CURSOR, account)
         return AccountCursor(None, None) if row is None else AccountCursor(*row)
+
+    async def load_cursors(self, accounts: Sequence[str]) -> dict[str, AccountCursor]:
+        async with self._conn("load cursors") as conn:
+            rows = await conn.fetch(q.LOAD_CURSORS, list(accounts))
+        found = {row[0]: AccountCursor(*row[1:]) for row in rows}
+        return {a: found.get(a, NO_CURSOR) for a in accounts}
 
     async def ingest(self, batch: IngestBatch) -> IngestResult:
         first: dict[int, tuple[str, bytes]] = {}

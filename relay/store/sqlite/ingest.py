@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Sequence
 
 from relay.core.models import (
+    NO_CURSOR,
     AccountCursor,
     CallRecord,
     IngestBatch,
@@ -20,6 +22,22 @@ def load_cursor(conn: sqlite3.Connection, account: str) -> AccountCursor:
     sql = "SELECT newest, last_sweep, sweep_anchor FROM cursors WHERE account = ?"
     row = conn.execute(sql, (account,)).fetchone()
     return AccountCursor(None, None) if row is None else AccountCursor(*row)
+
+
+# One statement over one bound JSON array, whatever the number of accounts: no host-parameter
+# limit to chunk for, and one snapshot of every cursor.
+SQL_LOAD_CURSORS = """
+SELECT account, newest, last_sweep, sweep_anchor FROM cursors
+WHERE account IN (SELECT value FROM json_each(?))
+"""
+
+
+def load_cursors(conn: sqlite3.Connection, accounts: Sequence[str]) -> dict[str, AccountCursor]:
+    found = {
+        row[0]: AccountCursor(*row[1:])
+        for row in conn.execute(SQL_LOAD_CURSORS, (json.dumps(list(accounts)),))
+    }
+    return {a: found.get(a, NO_CURSOR) for a in accounts}
 
 
 def ingest(conn: sqlite3.Connection, batch: IngestBatch) -> IngestResult:

@@ -24,7 +24,7 @@ from relay.core.models import (
 )
 from relay.store.bodies import BodyCache
 from relay.store.sqlite.held import Held
-from relay.store.sqlite.ingest import ingest, load_cursor
+from relay.store.sqlite.ingest import ingest, load_cursor, load_cursors
 from relay.store.sqlite.schema import (
     CHUNK,
     MIGRATIONS,
@@ -65,6 +65,7 @@ __all__ = [
     "ingest",
     "is_full",
     "load_cursor",
+    "load_cursors",
     "migrate",
     "recover",
     "stats",

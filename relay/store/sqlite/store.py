@@ -204,6 +204,9 @@ class SqliteStore(SingleOwnerMixin, Store):
     async def load_cursor(self, account: str) -> AccountCursor:
         return await self._run("load cursor", q.load_cursor, account)
 
+    async def load_cursors(self, accounts: Sequence[str]) -> dict[str, AccountCursor]:
+        return await self._run("load cursors", q.load_cursors, accounts)
+
     async def ingest(self, batch: IngestBatch) -> IngestResult:
         return await self._run("ingest", q.ingest, batch)
 
