@@ -361,9 +361,12 @@ class Connection(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        # The buffer goes with the answer: an idle connection kept holding the last body, and a
+        # catch-up's 33 MB answer stayed in memory twice while its records were stored.
+        body, self._body = bytes(self._body), bytearray()
         waiter, self._waiter = self._waiter, None
         if waiter is not None and not waiter.done():
-            waiter.set_result(Response(self._status, self._headers, bytes(self._body), error))
+            waiter.set_result(Response(self._status, self._headers, body, error))
 
     def _fail(self, exc: Exception) -> None:
         if self._timer is not None:

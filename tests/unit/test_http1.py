@@ -261,6 +261,22 @@ async def test_large_bodies_arrive_whole_in_slices_and_keep_the_connection(
     assert rx.connections() == 3
 
 
+async def test_an_idle_connection_keeps_no_copy_of_the_last_answer(client: Http1Client) -> None:
+    """The answer's buffer goes with the answer: a kept-alive connection that held on to it
+    kept a catch-up's whole body in memory twice while its records were stored."""
+    big = b"r" * 4_000
+
+    async def large(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=big)
+
+    async with Recorder(large) as rx:
+        endpoint = client.endpoint(rx.url, {})
+        answer = await post(endpoint, b"poll", cap=8_000)
+        assert answer.body == big
+        [idle] = endpoint._idle
+        assert len(idle._body) == 0
+
+
 async def test_concurrent_posts_use_one_connection_each_then_reuse_them(
     client: Http1Client,
 ) -> None:
