@@ -23,7 +23,7 @@ from relay.core.models import (
     StoredRecord,
 )
 from relay.store.bodies import BodyCache
-from relay.store.sqlite.held import Held
+from relay.store.sqlite.held import SQL_OLDEST_UNHELD, Held
 from relay.store.sqlite.ingest import ingest, load_cursor, load_cursors
 from relay.store.sqlite.schema import (
     CHUNK,
@@ -171,13 +171,8 @@ ON CONFLICT (subscriber) DO UPDATE
 SET disabled_reason = excluded.disabled_reason, updated_at = excluded.updated_at
 """
 
-# The first due time in queue order among the rows no live claim holds (one index step when
-# none is held, a step per held row before it otherwise).
-SQL_NEXT_DUE = """
-SELECT next_at FROM deliveries
-WHERE subscriber = ? AND state = 'pending' AND id NOT IN (SELECT value FROM json_each(?))
-ORDER BY next_at LIMIT 1
-"""
+# The first due time among the rows no claim holds: one statement with the stats overlay.
+SQL_NEXT_DUE = SQL_OLDEST_UNHELD
 
 
 def _disabled_reason(conn: sqlite3.Connection, subscriber: str) -> str | None:
