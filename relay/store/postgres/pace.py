@@ -36,16 +36,35 @@ WITH leased AS (
 SELECT l.id, l.attempts, l.token, r.account, r.rid, r.body
 FROM leased AS l JOIN records AS r ON r.id = l.record_id
 """
+# As in SQLite (relay.store.sqlite.pace): hop from one subscriber to the next in each partial
+# index and read the first entry of each, instead of a GROUP BY over every queued row.
 DUE_TIMES = """
-SELECT subscriber, MIN(t) FROM (
-    SELECT subscriber, MIN(next_at) AS t FROM deliveries WHERE state = 'pending'
-    GROUP BY subscriber
+WITH RECURSIVE pending (subscriber) AS (
+    (SELECT subscriber FROM deliveries WHERE state = 'pending' ORDER BY subscriber LIMIT 1)
     UNION ALL
-    SELECT subscriber, MIN(lease_until) FROM deliveries WHERE state = 'inflight'
-    GROUP BY subscriber) AS due
-WHERE subscriber NOT IN (
+    SELECT (SELECT d.subscriber FROM deliveries AS d
+            WHERE d.state = 'pending' AND d.subscriber > p.subscriber
+            ORDER BY d.subscriber LIMIT 1)
+    FROM pending AS p WHERE p.subscriber IS NOT NULL
+), inflight (subscriber) AS (
+    (SELECT subscriber FROM deliveries WHERE state = 'inflight' ORDER BY subscriber LIMIT 1)
+    UNION ALL
+    SELECT (SELECT d.subscriber FROM deliveries AS d
+            WHERE d.state = 'inflight' AND d.subscriber > i.subscriber
+            ORDER BY d.subscriber LIMIT 1)
+    FROM inflight AS i WHERE i.subscriber IS NOT NULL
+), queues AS (
+    SELECT subscriber FROM pending WHERE subscriber IS NOT NULL
+    UNION SELECT subscriber FROM inflight WHERE subscriber IS NOT NULL
+)
+SELECT q.subscriber, LEAST(
+    (SELECT MIN(next_at) FROM deliveries AS d
+     WHERE d.state = 'pending' AND d.subscriber = q.subscriber),
+    (SELECT MIN(lease_until) FROM deliveries AS d
+     WHERE d.state = 'inflight' AND d.subscriber = q.subscriber))
+FROM queues AS q
+WHERE q.subscriber NOT IN (
     SELECT subscriber FROM subscriber_state WHERE disabled_reason IS NOT NULL)
-GROUP BY subscriber
 """
 REQUEUE = """
 UPDATE deliveries AS d SET next_at = r.received_at

@@ -27,12 +27,23 @@ WHERE d.subscriber = ? AND d.state = 'pending' AND d.id NOT IN (SELECT value FRO
 ORDER BY d.id LIMIT 1
 """
 
-# A walk of a partial index already grouped by subscriber; subscribers holding claims are then
-# looked at again without their held rows (see due_times).
+# Hops from one subscriber to the next in the due index, then reads the first entry of each:
+# two index seeks per subscriber with something pending, however deep its queue. A GROUP BY
+# walked every pending row -- 0.2 s on the store's only thread and the page cache filled
+# (+33 MB of RSS) at start-up with 1,000,000 queued. Subscribers holding claims are looked at
+# again without their held rows (see due_times).
 SQL_DUE_TIMES = """
-SELECT subscriber, MIN(next_at) FROM deliveries WHERE state = 'pending'
+WITH RECURSIVE queues (subscriber) AS (
+    SELECT MIN(subscriber) FROM deliveries INDEXED BY deliveries_due WHERE state = 'pending'
+    UNION ALL
+    SELECT (SELECT MIN(d.subscriber) FROM deliveries AS d INDEXED BY deliveries_due
+            WHERE d.state = 'pending' AND d.subscriber > queues.subscriber)
+    FROM queues WHERE queues.subscriber NOTNULL
+)
+SELECT subscriber, (SELECT MIN(d.next_at) FROM deliveries AS d INDEXED BY deliveries_due
+                    WHERE d.state = 'pending' AND d.subscriber = queues.subscriber)
+FROM queues WHERE subscriber NOTNULL
     AND subscriber NOT IN (SELECT subscriber FROM subscriber_state WHERE disabled_reason NOTNULL)
-GROUP BY subscriber
 """
 
 # Held deliveries keep their due time: a retry in flight gets its own from its result.
