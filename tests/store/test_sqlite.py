@@ -119,6 +119,37 @@ async def test_a_version_1_state_file_is_migrated_and_keeps_its_cursor(tmp_path:
     assert sqlite_rows(path, "PRAGMA user_version") == [(len(sqlite_backend.MIGRATIONS),)]
 
 
+async def test_an_older_file_keys_deliveries_by_record_alone_and_retention_still_holds(
+    tmp_path: Path,
+) -> None:
+    # Version 6 took the state out of the deliveries_record key, so that a result does not
+    # move that index entry; retention reads the state from the row instead.
+    path = tmp_path / "state.db"
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.executescript(sqlite_backend.SCHEMA_V1)  # (record_id, state) until version 6
+        for record, state in ((1, "delivered"), (2, "pending")):
+            conn.execute(
+                "INSERT INTO records (id, account, rid, call_ts, received_at, body) "
+                "VALUES (?, 'acct', ?, ?, 100.0, x'7b7d')",
+                (record, record, ts(record)),
+            )
+            conn.execute(
+                "INSERT INTO deliveries (record_id, subscriber, state, next_at, updated_at) "
+                "VALUES (?, 'crm', ?, 100.0, 100.0)",
+                (record, state),
+            )
+        conn.execute("PRAGMA user_version = 1")
+        conn.commit()
+    async with opened(SqliteStore(str(path))) as store:
+        assert await store.prune_delivered(500.0) == 1
+    assert sqlite_rows(path, "SELECT name FROM pragma_index_info('deliveries_record')") == [
+        ("record_id",)
+    ]
+    assert sqlite_rows(path, "SELECT id FROM records") == [(2,)]
+    assert sqlite_rows(path, "SELECT record_id, state FROM deliveries") == [(2, "pending")]
+    assert sqlite_rows(path, "PRAGMA user_version") == [(len(sqlite_backend.MIGRATIONS),)]
+
+
 async def test_sqlite_second_open_is_locked(tmp_path: Path) -> None:
     path = str(tmp_path / "state.db")
     async with opened(SqliteStore(path)):

@@ -147,8 +147,17 @@ CREATE TABLE subscriber_circuit (
 CREATE INDEX deliveries_queue ON deliveries (subscriber, id) WHERE state = 'pending'
 """
 
+# Version 6: a delivery's record is found by record id alone. With the state in the key, every
+# result (pending -> delivered) deleted and re-inserted that index entry too; the readers of
+# this index (retention, a call's journey) look at a record's few deliveries and read their
+# state from the row.
+SCHEMA_V6 = """
+DROP INDEX deliveries_record;
+CREATE INDEX deliveries_record ON deliveries (record_id)
+"""
+
 # MIGRATIONS[n] takes a file from ``PRAGMA user_version`` n to n + 1. Append, never edit.
-MIGRATIONS: tuple[str, ...] = (SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5)
+MIGRATIONS: tuple[str, ...] = (SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6)
 
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 CHUNK = 500  # ids per "IN (…)" list: far below SQLite's 32,766 host parameters
