@@ -22,7 +22,6 @@ is sent (see :mod:`relay.core.breaker` and :mod:`relay.delivery.pacing`):
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import random
 import time
@@ -374,9 +373,7 @@ class SubscriberDispatcher:
             self._nudge()  # claim it again
             return
         try:
-            finished, change = self._decide(delivery, outcome)
-            # Fenced with the claim's token: a result from a claim since lost changes nothing.
-            finished = dataclasses.replace(finished, token=delivery.token)
+            finished, change = self._decide(delivery, outcome)  # fenced with the claim's token
             if finished.outcome is Outcome.GONE or head:
                 await self._finish_now(finished)
             elif finished.outcome is Outcome.RETRY:
@@ -431,7 +428,8 @@ class SubscriberDispatcher:
 
     def _decide(self, delivery: Delivery, outcome: AttemptOutcome) -> tuple[Finished, Change]:
         if outcome.permanent:  # the body cannot be rendered: no retry can help
-            return Finished(delivery.id, outcome.attempt, Outcome.DEAD), Change.NONE
+            dead = Finished(delivery.id, outcome.attempt, Outcome.DEAD, token=delivery.token)
+            return dead, Change.NONE
         verdict = classify(outcome.status, retry_on_4xx=self.sub.retry_on_4xx)
         at = outcome.attempt.at
         change = Change.NONE

@@ -8,6 +8,7 @@ from collections.abc import Coroutine
 from typing import Any, Protocol
 
 MIN_BUFFER = 128  # claimed deliveries a subscriber may hold; claims of half of it amortise well
+CLAIMS_PER_WORKER = 16  # buffered deliveries per worker: each claim hands every worker eight
 
 
 class Waker(Protocol):
@@ -26,8 +27,12 @@ class Waker(Protocol):
 def buffer_size(max_in_flight: int, batch_size: int) -> int:
     """How many claimed deliveries one subscriber may hold in memory (in flight or waiting).
 
-    Twice ``max_in_flight`` keeps every worker busy while the next claim is on its way; at least
-    :data:`MIN_BUFFER` (but no more than ``batch_size`` allows) makes each claim, one store round
-    trip and one transaction, carry dozens of deliveries instead of a handful.
+    Twice ``max_in_flight`` keeps every worker busy while the next claim is on its way. Beyond
+    that, a claim (one store round trip, one statement, a hand-over to the store's thread and
+    back) costs about the same whatever it carries, so the buffer grows with the workers that
+    drain it: :data:`CLAIMS_PER_WORKER` per worker, at least :data:`MIN_BUFFER`, and no more
+    than ``batch_size`` allows (a claim refills half of it). A slow subscriber with one worker
+    keeps the small buffer, so it never holds hours of work it cannot send yet.
     """
-    return max(2 * max_in_flight, min(MIN_BUFFER, 2 * batch_size))
+    wanted = max(MIN_BUFFER, CLAIMS_PER_WORKER * max_in_flight)
+    return max(2 * max_in_flight, min(wanted, 2 * batch_size))

@@ -24,12 +24,14 @@ def decide(
     jitter: float,
 ) -> Finished:
     """The outcome of one attempt. ``patient``: the schedule does not run out (the circuit is
-    open, or the receiver answered 429); the last retry interval repeats instead."""
+    open, or the receiver answered 429); the last retry interval repeats instead. The result is
+    fenced with the claim's token: a result from a claim since lost changes nothing."""
     attempts = delivery.attempts + 1
+    token = delivery.token
     if verdict is Verdict.SUCCESS:
-        return Finished(delivery.id, outcome.attempt, Outcome.DELIVERED)
+        return Finished(delivery.id, outcome.attempt, Outcome.DELIVERED, token=token)
     if verdict is Verdict.GONE:
-        return Finished(delivery.id, outcome.attempt, Outcome.GONE)
+        return Finished(delivery.id, outcome.attempt, Outcome.GONE, token=token)
     if verdict is Verdict.RETRY:
         if patient:
             attempts = probe_attempts(attempts, len(sub.retry))
@@ -42,8 +44,8 @@ def decide(
             max_retry_after=sub.max_retry_after,
         )
         if next_at is not None:
-            return Finished(delivery.id, outcome.attempt, Outcome.RETRY, next_at)
-    return Finished(delivery.id, outcome.attempt, Outcome.DEAD)
+            return Finished(delivery.id, outcome.attempt, Outcome.RETRY, next_at, token)
+    return Finished(delivery.id, outcome.attempt, Outcome.DEAD, token=token)
 
 
 def log_attempt(

@@ -136,7 +136,10 @@ def states(tmp_path: Path) -> dict[str, int]:
 @pytest.mark.parametrize(("max_in_flight", "batch_size", "expected"), [
     (1, 256, 128),   # a claim carries dozens even for one worker
     (4, 256, 128),
-    (100, 256, 200),  # twice the workers, so every worker stays busy
+    (16, 256, 256),  # more workers drain faster: each claim hands every worker eight
+    (32, 256, 512),
+    (100, 256, 512),  # ... up to twice the batch size
+    (300, 256, 600),  # twice the workers, so every worker stays busy
     (4, 16, 32),     # a small batch_size caps the buffer
     (1, 1, 2),
 ])  # fmt: skip
