@@ -393,3 +393,24 @@ async def test_text_postgres_cannot_hold_is_saved_anyway(
     # The NUL is escaped by Attempt itself (control characters, issue 8 #14); the lone
     # surrogate is what PostgreSQL cannot hold.
     assert row[0] == "nul\\x00 and ?"
+
+
+async def test_delivered_rows_are_stamped_as_on_sqlite(
+    stores: Callable[[str], PostgresStore],
+) -> None:
+    store = stores("one")
+    await store.open()
+    await store.ingest(batch([1, 2, 3, 4], ("a",)))
+    d = await store.claim("a", 10, T0, LEASE)
+    results = [
+        result(d[0].id, Outcome.DELIVERED, at=T0 + 1.25),
+        result(d[1].id, Outcome.DELIVERED, at=T0 + 1.5),
+        result(d[2].id, Outcome.DELIVERED, at=T0 + 1.75, status=204),
+        result(d[3].id, Outcome.RETRY, at=T0 + 2.5, status=503, next_at=T0 + 60),
+    ]
+    await store.finish(results)
+    rows = await fetch(f"SELECT updated_at FROM {store.target.schema}.deliveries ORDER BY id")
+    # One updated_at per delivered status (the latest of them), the others their own time.
+    assert [r[0] for r in rows] == [T0 + 1.5, T0 + 1.5, T0 + 1.75, T0 + 2.5]
+    attempts = await fetch(f"SELECT at FROM {store.target.schema}.attempts ORDER BY at")
+    assert [r[0] for r in attempts] == [T0 + 1.25, T0 + 1.5, T0 + 1.75, T0 + 2.5]

@@ -33,7 +33,8 @@ def batch(n: int, subscribers: list[str], body_size: int = 40) -> IngestBatch:
 def finished(delivery_id: int, outcome: Outcome, i: int) -> Finished:
     attempt = Attempt(
         at=T0 + 1 + i / 7,  # not short decimals: they must survive the JSON round trip exactly
-        status={Outcome.DELIVERED: 200, Outcome.GONE: 410}.get(outcome, 503),
+        # Two delivered statuses, so the delivered results form more than one group.
+        status={Outcome.DELIVERED: 204 if i % 8 == 4 else 200, Outcome.GONE: 410}.get(outcome, 503),
         error=None if outcome is Outcome.DELIVERED else f"HTTP 503 ünïcode {i}",
         latency_ms=math.pi * (i + 1),
         response='{"ok":true}' if outcome is Outcome.DELIVERED else "",
@@ -96,6 +97,20 @@ async def test_batch_finish_matches_row_by_row(
     assert fast == slow
     deliveries, attempts = fast
     assert attempts and {r[1] for r in deliveries} >= {"delivered", "pending", "dead"}
+
+
+async def test_delivered_rows_share_their_groups_latest_attempt_time(tmp_path: Path) -> None:
+    deliveries, attempts = await run_cycle(tmp_path / "s.db", mixed)
+    at_of = {row[0]: row[1] for row in attempts}
+    status_of = {row[0]: row[5] for row in deliveries}
+    delivered = [row for row in deliveries if row[1] == "delivered"]
+    assert {row[5] for row in delivered} == {200, 204}
+    for row in delivered:
+        group = [i for i, s in status_of.items() if s == row[5] and i in at_of]
+        assert row[7] == max(at_of[i] for i in group)  # one updated_at per status
+    others = [row for row in deliveries if row[1] != "delivered" and row[2]]
+    assert others and all(row[7] == at_of[row[0]] for row in others)  # their own time
+    assert len(set(at_of.values())) == len(at_of)  # attempts keep each exact time
 
 
 async def test_claim_reads_large_bodies_row_by_row_with_the_same_result(

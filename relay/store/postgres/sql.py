@@ -132,14 +132,15 @@ FROM leased AS l JOIN records AS r ON r.id = l.record_id
 ORDER BY l.next_at, l.id
 """
 
-# One row per result: (id, at, status, error, latency_ms, response, state, next_at, token).
+# One row per result: (id, at, status, error, latency_ms, response, state, next_at, token,
+# stamp); stamp is the row's updated_at (see relay.store.base.updated_stamps).
 # The attempt is history and is always kept (as on SQLite); the state changes only while the
 # claim that produced it still stands: 'delivered' is final, and a token that no longer matches
 # means the lease ran out and the delivery was claimed again (or recovered) since.
 _RESULTS = """
 unnest($1::bigint[], $2::float8[], $3::int[], $4::text[], $5::float8[], $6::text[], $7::text[],
-       $8::float8[], $9::bigint[])
-    AS f(id, at, status, error, latency_ms, response, state, next_at, token)
+       $8::float8[], $9::bigint[], $10::float8[])
+    AS f(id, at, status, error, latency_ms, response, state, next_at, token, stamp)
 """
 FINISH = f"""
 WITH f AS (SELECT * FROM {_RESULTS}), logged AS (
@@ -150,7 +151,7 @@ WITH f AS (SELECT * FROM {_RESULTS}), logged AS (
 UPDATE deliveries AS d
 SET state = f.state, next_at = COALESCE(f.next_at, d.next_at), lease_until = NULL,
     owner = NULL, token = NULL, attempts = d.attempts + 1, last_status = f.status,
-    last_error = f.error, updated_at = f.at
+    last_error = f.error, updated_at = f.stamp
 FROM f
 WHERE d.id = f.id AND d.state <> 'delivered' AND (f.token IS NULL OR d.token = f.token)
 """

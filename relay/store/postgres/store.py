@@ -38,7 +38,7 @@ from relay.core.models import (
     quarantine_digest,
 )
 from relay.core.status import AccountState, QueueCounts, StoreStats
-from relay.store.base import Store
+from relay.store.base import Store, updated_stamps
 from relay.store.bodies import BodyCache
 from relay.store.postgres import migrations
 from relay.store.postgres import sql as q
@@ -259,12 +259,13 @@ class PostgresStore(RetentionMixin, PaceMixin, SharedStateMixin, OperatorQueries
             return
         gone = [f for f in results if f.outcome is Outcome.GONE]
         async with self._tx("finish") as conn:
+            stamps = updated_stamps(results)
             if len({f.delivery_id for f in results}) == len(results):
-                await conn.execute(q.FINISH, *_finish_arrays(results))
+                await conn.execute(q.FINISH, *_finish_arrays(results, stamps))
             else:
                 # A delivery twice in one batch: one statement each, in order, as on SQLite.
-                for f in results:
-                    await conn.execute(q.FINISH, *_finish_arrays([f]))
+                for f, stamp in zip(results, stamps, strict=True):
+                    await conn.execute(q.FINISH, *_finish_arrays([f], [stamp]))
             # The disable is stamped with the 410's own time, one statement per attempt time.
             for at in sorted({f.attempt.at for f in gone}):
                 ids = [f.delivery_id for f in gone if f.attempt.at == at]
@@ -371,17 +372,17 @@ async def _fan_out_routed(
         await notify_due(conn, set(names))
 
 
-def _finish_arrays(results: Sequence[Finished]) -> list[list[Any]]:
+def _finish_arrays(results: Sequence[Finished], stamps: Sequence[float]) -> list[list[Any]]:
     """The results as the parallel arrays :data:`sql.FINISH` expands."""
-    columns: list[list[Any]] = [[] for _ in range(9)]
-    for f in results:
+    columns: list[list[Any]] = [[] for _ in range(10)]
+    for f, stamp in zip(results, stamps, strict=True):
         a = f.attempt
         if f.outcome in (Outcome.RETRY, Outcome.GONE):
             next_at: float | None = f.next_at if f.next_at is not None else a.at
         else:
             next_at = None  # unchanged
         row = (f.delivery_id, a.at, a.status, _text(a.error), a.latency_ms, _text(a.response),
-               _STATE_AFTER[f.outcome], next_at, f.token)  # fmt: skip
+               _STATE_AFTER[f.outcome], next_at, f.token, stamp)  # fmt: skip
         for column, value in zip(columns, row, strict=True):
             column.append(value)
     return columns

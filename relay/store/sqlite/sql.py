@@ -22,6 +22,7 @@ from relay.core.models import (
     Outcome,
     StoredRecord,
 )
+from relay.store.base import updated_stamps
 from relay.store.bodies import BodyCache
 from relay.store.sqlite.held import SQL_OLDEST_UNHELD, Held
 from relay.store.sqlite.ingest import ingest, load_cursor, load_cursors
@@ -159,6 +160,16 @@ WHERE deliveries.id = f.value ->> 0 AND deliveries.state != 'delivered'
 # UPDATE … FROM is SQLite 3.33 and ->> is 3.38; older libraries take the statement-per-row path.
 BATCH_SQL = sqlite3.sqlite_version_info >= (3, 38, 0)
 
+# Delivered results, the common case, one statement per status code: nothing per row but the
+# id. A delivered row's updated_at is the latest attempt time among them (the batch spans
+# milliseconds; each attempt's own time is in attempts): see relay.store.base.updated_stamps.
+SQL_FINISH_DELIVERED = """
+UPDATE deliveries
+SET state = 'delivered', lease_until = NULL, attempts = attempts + 1, last_status = ?,
+    last_error = NULL, updated_at = ?
+WHERE id IN (SELECT value FROM json_each(?)) AND state != 'delivered'
+"""
+
 SQL_FINISH = """
 UPDATE deliveries
 SET state = ?, next_at = COALESCE(?, next_at), lease_until = NULL, attempts = attempts + 1,
@@ -256,14 +267,19 @@ def finish(conn: sqlite3.Connection, results: Sequence[Finished], held: Held) ->
 
 
 def _finish(conn: sqlite3.Connection, results: Sequence[Finished]) -> None:
-    batch = _finish_batch(results)
+    stamps = updated_stamps(results)
+    batch = _finish_batch(results, stamps)
     with _transaction(conn):
         # An attempt on a delivery that no longer exists is dropped rather than failing the
         # whole batch on the foreign key (only possible after a manual cleanup).
         # 'delivered' is final: a late result for the same delivery never re-queues it.
         if batch is not None:
-            conn.execute(SQL_FINISH_ATTEMPTS, (batch,))
-            conn.execute(SQL_FINISH_BATCH, (batch,))
+            attempts, others, delivered = batch
+            conn.execute(SQL_FINISH_ATTEMPTS, (attempts,))
+            if others is not None:
+                conn.execute(SQL_FINISH_BATCH, (others,))
+            for (status, stamp), ids in delivered.items():
+                conn.execute(SQL_FINISH_DELIVERED, (status, stamp, orjson.dumps(ids).decode()))
         else:
             conn.executemany(
                 "INSERT INTO attempts (delivery_id, at, status, error, latency_ms, response) "
@@ -274,7 +290,9 @@ def _finish(conn: sqlite3.Connection, results: Sequence[Finished]) -> None:
                     for a in (f.attempt,)
                 ],
             )
-            conn.executemany(SQL_FINISH, [_finish_params(f) for f in results])
+            conn.executemany(
+                SQL_FINISH, [_finish_params(f, at) for f, at in zip(results, stamps, strict=True)]
+            )
         gone = [f for f in results if f.outcome is Outcome.GONE]
         # The disable is stamped with the 410's own time, one statement per attempt time.
         for at in sorted({f.attempt.at for f in gone}):
@@ -284,35 +302,50 @@ def _finish(conn: sqlite3.Connection, results: Sequence[Finished]) -> None:
                 conn.execute(SQL_DISABLE_GONE.format(marks=marks), (GONE_REASON, at, *chunk))
 
 
-def _finish_batch(results: Sequence[Finished]) -> str | None:
-    """The results as one JSON array for the batch statements, or None where those would not
-    do exactly what one statement per result does: an old SQLite, a delivery twice in one batch
-    (applied in order, one after the other), or a number JSON cannot carry."""
+_FinishBatch = tuple[str, str | None, dict[tuple[int | None, float], list[int]]]
+
+
+def _finish_batch(results: Sequence[Finished], stamps: Sequence[float]) -> _FinishBatch | None:
+    """The results for the batch statements: every attempt as one JSON array, the results other
+    than delivered as another (None: there are none), and the delivered ids by (status,
+    updated_at). None where those would not do exactly what one statement per result does: an
+    old SQLite, a delivery twice in one batch (applied in order, one after the other), or a
+    number JSON cannot carry."""
     if not BATCH_SQL or len({f.delivery_id for f in results}) != len(results):
         return None
-    rows = []
-    for f in results:
-        state, next_at, status, error, at, delivery_id = _finish_params(f)
+    attempts = []
+    others = []
+    delivered: dict[tuple[int | None, float], list[int]] = {}
+    for f, stamp in zip(results, stamps, strict=True):
         a = f.attempt
-        if not (math.isfinite(at) and math.isfinite(a.latency_ms)) or (
-            next_at is not None and not math.isfinite(next_at)
-        ):
+        if not (math.isfinite(a.at) and math.isfinite(a.latency_ms) and math.isfinite(stamp)):
             return None
-        rows.append([delivery_id, at, status, error, a.latency_ms, a.response, state, next_at])
+        attempts.append([f.delivery_id, a.at, a.status, a.error, a.latency_ms, a.response])
+        if f.outcome is Outcome.DELIVERED:
+            delivered.setdefault((a.status, stamp), []).append(f.delivery_id)
+            continue
+        state, next_at, status, error, at, delivery_id = _finish_params(f, stamp)
+        if next_at is not None and not math.isfinite(next_at):
+            return None
+        others.append([delivery_id, at, status, error, None, None, state, next_at])
     try:
-        return orjson.dumps(rows).decode()
+        return (
+            orjson.dumps(attempts).decode(),
+            orjson.dumps(others).decode() if others else None,
+            delivered,
+        )
     except orjson.JSONEncodeError:  # e.g. a lone surrogate in an error text
         return None
 
 
-def _finish_params(f: Finished) -> tuple[Any, ...]:
+def _finish_params(f: Finished, stamp: float) -> tuple[Any, ...]:
     at = f.attempt.at
     if f.outcome in (Outcome.RETRY, Outcome.GONE):
         next_at: float | None = f.next_at if f.next_at is not None else at
     else:
         next_at = None  # unchanged
     state = _STATE_AFTER[f.outcome]
-    return (state, next_at, f.attempt.status, f.attempt.error, at, f.delivery_id)
+    return (state, next_at, f.attempt.status, f.attempt.error, stamp, f.delivery_id)
 
 
 def next_due(conn: sqlite3.Connection, subscriber: str, held: Held) -> float | None:
