@@ -31,7 +31,8 @@ _UTC = ZoneInfo("UTC")
 LOCAL_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen, for speed: see relay.core.models.Delivery.
+@dataclass(slots=True)
 class AttemptOutcome:
     """What one attempt did. ``status`` is None when no HTTP status arrived; ``permanent``
     means no attempt can succeed (the body cannot be rendered): dead-letter, do not retry."""
