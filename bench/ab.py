@@ -2,13 +2,14 @@
 
     python -m bench.ab --reps 12 base=/path/to/old/tree new=.
 
-Each name=tree is a checkout of the relay; every round runs ``relay run`` from each tree in turn
-(``PYTHONPATH`` names the tree) and then the bare aiohttp client, reversed every other round, all
-against one counting receiver and one simulated upstream in this process. Each run is (10)'s:
-one upstream answer of 20,000 records, one subscriber, 32 in flight, the rate counted by the
-receiver from its first to its last request. Prints each round as it ends, then the medians of
-the rates, of the relay's CPU per record, and of each tree's ratio to the bare client of its own
-round; ``--out`` keeps every run as JSON.
+Each name=tree[@interval] is a checkout of the relay and its ``poll_interval`` (5s, as (10), by
+default); every round runs ``relay run`` from each tree in turn (``PYTHONPATH`` names the tree)
+and then the bare aiohttp client, reversed every other round, all against one counting receiver
+and one simulated upstream in this process. Each run is (10)'s: one upstream answer of 20,000
+records, one subscriber, 32 in flight, the rate counted by the receiver from its first to its
+last request. Prints each round as it ends, then the medians of the rates, of the relay's CPU
+per record, and of each tree's ratio to the bare client of its own round; ``--out`` keeps every
+run as JSON.
 
 A separate full ``python -m bench --only e2e`` per tree compares runs minutes apart, on a host
 whose bare-client rate moved by a factor of two within an hour (see docs/BENCHMARKS.md, (10));
@@ -35,7 +36,9 @@ from bench.plan import FULL
 from relay.sim.simulator import SimulatedWebFones
 
 
-async def _relay(ctx: Ctx, rx: procs.Receiver, upstream: str, n: int, tree: str) -> Stats:
+async def _relay(
+    ctx: Ctx, rx: procs.Receiver, upstream: str, n: int, tree: str, poll: str
+) -> Stats:
     await rx.reset()
     state = ctx.state("e2e")
     settings = outside.relay_settings(
@@ -44,7 +47,7 @@ async def _relay(ctx: Ctx, rx: procs.Receiver, upstream: str, n: int, tree: str)
         outside.E2E_KEY,
         [("s0", f"{rx.url}/s0")],
         max_in_flight=outside.E2E_IN_FLIGHT,
-        upstream={"poll_interval": "5s", "start_from": outside.upstream_ts(3600)},
+        upstream={"poll_interval": poll, "start_from": outside.upstream_ts(3600)},
     )
     env = {"PYTHONPATH": os.path.abspath(tree)}
     try:
@@ -59,7 +62,9 @@ async def _relay(ctx: Ctx, rx: procs.Receiver, upstream: str, n: int, tree: str)
     return stats
 
 
-async def run(trees: list[tuple[str, str]], reps: int, out: str | None) -> dict[str, list[Any]]:
+async def run(
+    trees: list[tuple[str, str, str]], reps: int, out: str | None
+) -> dict[str, list[Any]]:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     scratch = tempfile.mkdtemp(prefix="relay-ab-")
     ctx = Ctx(
@@ -69,18 +74,18 @@ async def run(trees: list[tuple[str, str]], reps: int, out: str | None) -> dict[
     sim = SimulatedWebFones({outside.E2E_KEY: "e2e"}, seed=3)
     outside.add_e2e_records(sim, n)
     upstream = await sim.start()
-    runs: dict[str, list[Any]] = {name: [] for name, _ in trees}
+    runs: dict[str, list[Any]] = {name: [] for name, _, _ in trees}
     runs["bare"] = []
     try:
         async with procs.counting_receiver("count", 1, ctx.logs, "rx-ab") as rx:
             url = f"{rx.url}/s0"
             for rep in range(reps):
-                steps: list[tuple[str, str | None]] = [*trees, ("bare", None)]
-                for name, tree in steps if rep % 2 == 0 else reversed(steps):
+                steps: list[tuple[str, str | None, str]] = [*trees, ("bare", None, "")]
+                for name, tree, poll in steps if rep % 2 == 0 else reversed(steps):
                     if tree is None:
                         stats = await outside._bare(ctx, rx, [url], n, outside.E2E_IN_FLIGHT, {})
                     else:
-                        stats = await _relay(ctx, rx, upstream, n, tree)
+                        stats = await _relay(ctx, rx, upstream, n, tree, poll)
                     cpu = 1e6 * stats["cpu"] / stats["requests"]
                     runs[name].append({"rate": outside._rate(stats), "cpu_us": cpu})
                 line = " ".join(
@@ -112,16 +117,23 @@ def summary(runs: dict[str, list[Any]]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.ab", description=__doc__.split("\n")[0])
-    parser.add_argument("trees", nargs="+", metavar="name=tree", help="a relay checkout to run")
+    parser.add_argument(
+        "trees",
+        nargs="+",
+        metavar="name=tree[@interval]",
+        help="a relay checkout to run, and its poll_interval (default 5s, as (10): each later "
+        "poll re-reads every record, all inside the 10-minute recent window)",
+    )
     parser.add_argument("--reps", type=int, default=10, help="rounds (default 10)")
     parser.add_argument("--out", help="write every run here as JSON")
     args = parser.parse_args(argv)
-    trees: list[tuple[str, str]] = []
+    trees: list[tuple[str, str, str]] = []
     for spec in args.trees:
-        name, sep, tree = spec.partition("=")
+        name, sep, rest = spec.partition("=")
+        tree, _, poll = rest.partition("@")
         if not sep or not name or name == "bare" or not os.path.isdir(os.path.join(tree, "relay")):
-            parser.error(f"{spec!r}: expected name=tree, tree a checkout with relay/ in it")
-        trees.append((name, tree))
+            parser.error(f"{spec!r}: expected name=tree[@interval], tree a checkout with relay/")
+        trees.append((name, tree, poll or "5s"))
     if not 1 <= args.reps <= 100:
         parser.error("--reps must be 1 to 100")
     runs = asyncio.run(run(trees, args.reps, args.out))
