@@ -25,30 +25,12 @@ from relay.core.models import (
     IngestBatch,
     IngestResult,
     Orphan,
-    Outcome,
     StoredRecord,
 )
 from relay.core.status import StoreStats
 
 Wakeup = Callable[[str, str], None]
 """A wake-up callback of :meth:`Store.listen`: ``(kind, subject)``, called on the event loop."""
-
-
-def updated_stamps(results: Sequence[Finished]) -> list[float]:
-    """The ``updated_at`` each result gives its delivery: the attempt's own time, except that
-    the delivered results of one batch with the same status share the latest of theirs, so a
-    backend writes them as one statement with nothing per row but the id. A batch spans
-    milliseconds, and each attempt keeps its exact time in the attempts history."""
-    latest: dict[int | None, float] = {}
-    for f in results:
-        if f.outcome is Outcome.DELIVERED:
-            at, status = f.attempt.at, f.attempt.status
-            seen = latest.get(status)
-            latest[status] = at if seen is None or at > seen else seen
-    return [
-        latest[f.attempt.status] if f.outcome is Outcome.DELIVERED else f.attempt.at
-        for f in results
-    ]
 
 
 class StoreReader(abc.ABC):

@@ -15,6 +15,7 @@ import pytest
 
 from relay.core.models import Attempt, CallRecord, Finished, IngestBatch, Outcome
 from relay.core.signing import webhook_id
+from relay.store.sqlite import finish as finishing
 from relay.store.sqlite import sql as backend
 from relay.store.sqlite.store import SqliteStore
 
@@ -92,7 +93,7 @@ async def test_batch_finish_matches_row_by_row(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, results_for: Any
 ) -> None:
     fast = await run_cycle(tmp_path / "fast.db", results_for)
-    monkeypatch.setattr(backend, "BATCH_SQL", False)
+    monkeypatch.setattr(finishing, "BATCH_SQL", False)
     slow = await run_cycle(tmp_path / "slow.db", results_for)
     assert fast == slow
     deliveries, attempts = fast

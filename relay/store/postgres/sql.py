@@ -8,7 +8,6 @@ backends and their tests see the same clock.
 
 from __future__ import annotations
 
-GONE_REASON = "410 Gone"
 PRUNE_CHUNK = 2000  # records examined per prune transaction: short locks, bounded WAL per step
 PRUNE_SEEN_CHUNK = 5000  # seen rows deleted per transaction
 # The maintenance lock: one pruner at a time among the instances on this schema (relays on other
@@ -133,7 +132,7 @@ ORDER BY l.next_at, l.id
 """
 
 # One row per result: (id, at, status, error, latency_ms, response, state, next_at, token,
-# stamp); stamp is the row's updated_at (see relay.store.base.updated_stamps).
+# stamp); stamp is the row's updated_at (see relay.store.results.updated_stamps).
 # The attempt is history and is always kept (as on SQLite); the state changes only while the
 # claim that produced it still stands: 'delivered' is final, and a token that no longer matches
 # means the lease ran out and the delivery was claimed again (or recovered) since.

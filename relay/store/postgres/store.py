@@ -38,7 +38,7 @@ from relay.core.models import (
     quarantine_digest,
 )
 from relay.core.status import AccountState, QueueCounts, StoreStats
-from relay.store.base import Store, updated_stamps
+from relay.store.base import Store
 from relay.store.bodies import BodyCache
 from relay.store.postgres import migrations
 from relay.store.postgres import sql as q
@@ -53,15 +53,9 @@ from relay.store.postgres.pace import PaceMixin, add_circuits, forget_circuit
 from relay.store.postgres.queries import OperatorQueriesMixin
 from relay.store.postgres.retention import RetentionMixin
 from relay.store.postgres.shared import SharedStateMixin, notify_due
+from relay.store.results import GONE_REASON, STATE_AFTER, due_after, updated_stamps
 
 log = logging.getLogger(__name__)
-
-_STATE_AFTER = {
-    Outcome.DELIVERED: "delivered",
-    Outcome.RETRY: "pending",
-    Outcome.DEAD: "dead",
-    Outcome.GONE: "pending",  # kept for when the subscriber is re-enabled
-}
 
 
 class PostgresStore(RetentionMixin, PaceMixin, SharedStateMixin, OperatorQueriesMixin, Store):
@@ -269,7 +263,7 @@ class PostgresStore(RetentionMixin, PaceMixin, SharedStateMixin, OperatorQueries
             # The disable is stamped with the 410's own time, one statement per attempt time.
             for at in sorted({f.attempt.at for f in gone}):
                 ids = [f.delivery_id for f in gone if f.attempt.at == at]
-                await conn.execute(q.DISABLE_GONE, ids, q.GONE_REASON, at)
+                await conn.execute(q.DISABLE_GONE, ids, GONE_REASON, at)
 
     async def release(self, delivery_ids: Sequence[int]) -> None:
         if delivery_ids:
@@ -377,12 +371,8 @@ def _finish_arrays(results: Sequence[Finished], stamps: Sequence[float]) -> list
     columns: list[list[Any]] = [[] for _ in range(10)]
     for f, stamp in zip(results, stamps, strict=True):
         a = f.attempt
-        if f.outcome in (Outcome.RETRY, Outcome.GONE):
-            next_at: float | None = f.next_at if f.next_at is not None else a.at
-        else:
-            next_at = None  # unchanged
         row = (f.delivery_id, a.at, a.status, _text(a.error), a.latency_ms, _text(a.response),
-               _STATE_AFTER[f.outcome], next_at, f.token, stamp)  # fmt: skip
+               STATE_AFTER[f.outcome], due_after(f), f.token, stamp)  # fmt: skip
         for column, value in zip(columns, row, strict=True):
             column.append(value)
     return columns
