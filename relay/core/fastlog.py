@@ -11,6 +11,11 @@ from typing import Any
 
 Sink = Callable[[logging.Logger, int, str, dict[str, Any]], bool]
 
+# ``extra={WRITE_NOW: True}``: a line below WARNING that must be in the log before the call
+# returns, as warnings are, because what it records is rare and a reader after a crash needs
+# it (which instance took an account's lease). A kill then cannot lose it with the last pause.
+WRITE_NOW = "write_now"
+
 _sink: Sink | None = None
 
 

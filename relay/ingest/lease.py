@@ -17,6 +17,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from relay.core.errors import RelayError, StoreError
+from relay.core.fastlog import WRITE_NOW
 from relay.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -142,7 +143,7 @@ class AccountLease:
             log.info(
                 "account lease taken by instance %s: it polls the account",
                 self.owner,
-                extra={"account": self.account},
+                extra={"account": self.account, WRITE_NOW: True},
             )
         return True, not was_held
 
@@ -154,7 +155,7 @@ class AccountLease:
             log.info(
                 "instance %s is over its share of accounts: handing this one over",
                 self.owner,
-                extra={"account": self.account},
+                extra={"account": self.account, WRITE_NOW: True},
             )
             await self.release()
             return False

@@ -20,6 +20,7 @@ from urllib.parse import quote
 import orjson
 
 from relay.core import fastlog
+from relay.core.fastlog import WRITE_NOW
 from relay.core.text import escape_controls, mask_credentials
 from relay.ops.logwriter import LineWriter
 
@@ -279,7 +280,8 @@ class _RedactingHandler(logging.StreamHandler[TextIO]):
             super().emit(record)
             return
         try:
-            self.writer.put(self.format(record), urgent=record.levelno >= logging.WARNING)
+            urgent = record.levelno >= logging.WARNING or getattr(record, WRITE_NOW, False)
+            self.writer.put(self.format(record), urgent=urgent)
         except RecursionError:
             raise
         except Exception:  # as StreamHandler.emit: reported with its traceback, and go on

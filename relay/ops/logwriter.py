@@ -13,7 +13,9 @@ power loss, the lines of the last pause at most, and never more than :data:`MAX_
 that finds that many waiting writes them itself, at once, before it returns (back-pressure, not
 loss). A warning or worse is written before its call returns (with every line queued before
 it): those are rare, and an operator or a test reading the log must find them there at once;
-so a kill only ever loses INFO and DEBUG lines.
+so a kill only ever loses INFO and DEBUG lines (except those marked
+:data:`relay.core.fastlog.WRITE_NOW`, written at once as well: an account lease taken or handed
+over, which a reader after a crash needs to tell who polled when).
 """
 
 from __future__ import annotations

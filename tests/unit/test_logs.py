@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import orjson
 import pytest
 
+from relay.core.fastlog import WRITE_NOW
 from relay.ops.logs import flush_logs, setup_logging
 
 SECRET = "whsec_c2VjcmV0LXZhbHVlLXRoYXQtbXVzdC1uZXZlci1sZWFr"
@@ -208,3 +209,26 @@ def test_fast_lines_give_way_to_other_handlers(restore_root: None) -> None:
         log.filters.clear()
     setup_logging("INFO", "text", [SECRET], stream=out)  # no writer thread: the usual way
     assert not fastlog.log_fast(log, logging.INFO, "delivered", dict(FIELDS))
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_a_line_marked_write_now_is_in_the_log_when_the_call_returns(
+    fmt: str, restore_root: None
+) -> None:
+    """As a warning is: a kill right after it (a lease taken, then SIGKILL) cannot lose it, nor
+    the lines before it. The mark itself is not part of the line."""
+    out = io.StringIO()
+    setup_logging("INFO", fmt, [SECRET], stream=out, threaded=True)
+    [handler] = logging.getLogger().handlers
+    try:
+        log = logging.getLogger("relay.ingest.lease")
+        log.info("before", extra={"account": "main"})
+        log.info("account lease taken", extra={"account": "main", WRITE_NOW: True})
+        lines = out.getvalue().splitlines()
+        assert [("before" in x, "lease taken" in x) for x in lines] == [
+            (True, False),
+            (False, True),
+        ]
+        assert WRITE_NOW not in out.getvalue()
+    finally:
+        handler.close()  # its writer thread too
