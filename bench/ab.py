@@ -3,7 +3,9 @@
     python -m bench.ab --reps 12 base=/path/to/old/tree new=.
 
 Each name=tree[@interval] is a checkout of the relay and its ``poll_interval`` (5s, as (10), by
-default); every round runs ``relay run`` from each tree in turn (``PYTHONPATH`` names the tree)
+default); every round runs ``relay run`` from each tree in turn (started in the tree, which is
+also its ``PYTHONPATH``: until 2026-12-04 only ``PYTHONPATH`` named it, which ``python -m`` puts
+after the working directory, so every tree ran the relay of the directory bench.ab ran in)
 and then the bare aiohttp client, reversed every other round, all against one counting receiver
 and one simulated upstream in this process. Each run is (10)'s: one upstream answer of 20,000
 records, one subscriber, 32 in flight, the rate counted by the receiver from its first to its
@@ -49,9 +51,8 @@ async def _relay(
         max_in_flight=outside.E2E_IN_FLIGHT,
         upstream={"poll_interval": poll, "start_from": outside.upstream_ts(3600)},
     )
-    env = {"PYTHONPATH": os.path.abspath(tree)}
     try:
-        async with procs.relay_run("relay-ab", settings, ctx.scratch, ctx.logs, env) as relay:
+        async with procs.relay_run("relay-ab", settings, ctx.scratch, ctx.logs, tree=tree) as relay:
             cpu0 = relay.cpu()
             stats = await rx.wait_count(n, 120)
             stats["cpu"] = relay.cpu() - cpu0
@@ -133,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
         tree, _, poll = rest.partition("@")
         if not sep or not name or name == "bare" or not os.path.isdir(os.path.join(tree, "relay")):
             parser.error(f"{spec!r}: expected name=tree[@interval], tree a checkout with relay/")
+        source = procs.relay_source(tree)
+        if source != os.path.abspath(tree):
+            parser.error(f"{spec!r}: a relay started there imports relay/ from {source}")
         trees.append((name, tree, poll or "5s"))
     if not 1 <= args.reps <= 100:
         parser.error("--reps must be 1 to 100")

@@ -11,6 +11,7 @@ import contextlib
 import os
 import signal
 import ssl
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, BinaryIO, TypeVar
@@ -183,10 +184,13 @@ async def relay_run(
     scratch: str,
     log_dir: str,
     env: dict[str, str] | None = None,
+    tree: str | None = None,
 ) -> AsyncIterator[Child]:
     """``python -m relay run --config <settings as YAML>``, as a user starts it; yields once it
     logged "relay running" (every task started), so the log level must be INFO or DEBUG. Its
-    stderr goes to ``<log_dir>/<name>.log``."""
+    stderr goes to ``<log_dir>/<name>.log``. ``tree``: run the relay of that checkout instead
+    (``-m`` puts the working directory first on ``sys.path``, before ``PYTHONPATH``, so the
+    process starts in the tree, with the tree on ``PYTHONPATH`` for what it starts itself)."""
     config = os.path.join(scratch, f"{name}.yaml")
     with open(config, "w") as f:
         yaml.safe_dump(settings, f)
@@ -195,7 +199,7 @@ async def relay_run(
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "relay", "run", "--config", config,
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE, env={**os.environ, **env} if env else None,
+            stderr=asyncio.subprocess.PIPE, env=_env(env, tree), cwd=tree,
         )  # fmt: skip
         handle = Child(proc, name)
         copy: asyncio.Future[None] | None = None
@@ -218,6 +222,21 @@ async def relay_run(
                 await copy
             if spy is not None:
                 await asyncio.wait_for(spy.wait(), 60)
+
+
+def _env(env: dict[str, str] | None, tree: str | None) -> dict[str, str] | None:
+    if tree is not None:
+        env = {**(env or {}), "PYTHONPATH": os.path.abspath(tree)}
+    return {**os.environ, **env} if env else None
+
+
+def relay_source(tree: str) -> str:
+    """Where ``python -m relay`` started in ``tree`` imports the relay from."""
+    out = subprocess.run(
+        [sys.executable, "-c", "import relay; print(relay.__file__)"],
+        cwd=tree, env=_env(None, tree), capture_output=True, text=True, check=True, timeout=60,
+    )  # fmt: skip
+    return os.path.dirname(os.path.dirname(os.path.abspath(out.stdout.strip())))
 
 
 async def _profile(name: str, pid: int, log_dir: str) -> asyncio.subprocess.Process | None:

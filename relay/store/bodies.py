@@ -11,7 +11,7 @@ record, so backends key on the id *and* what was stored with it (rid, time recei
 never change once stored, so an entry is never stale, only old.
 
 Bounded by entries and bytes, least recently used first out: idle, it holds at most
-:data:`MAX_BYTES`. Not thread-safe: a backend uses it from one thread (SQLite: its store thread).
+:data:`MAX_BYTES`. Not thread-safe: a backend uses it from one thread (SQLite: its claim thread).
 """
 
 from __future__ import annotations

@@ -18,13 +18,18 @@ deliveries as ``inflight`` (the store overlays them, :meth:`Held.state`); a snap
 another process (``relay status`` on the file) sees them as ``pending``, which is what they are
 on disk and what they would be after a crash.
 
-Only the store's worker thread touches a :class:`Held`: every function that uses one runs there,
-so nothing here needs a lock.
+Two of the store's threads touch a :class:`Held`: the writer (results, releases, stats) and the
+claim thread (claims, on a read connection of their own), so each method holds a lock for its
+few dictionary steps. What keeps a claim from handing out a delivery whose result has just been
+stored is an order, not the lock: a result's commit comes before its :meth:`Held.drop`, and a
+claim reads :meth:`Held.live` before its snapshot of the file begins, so a delivery either is
+still held when the claim looks or its result is already in the claim's snapshot.
 """
 
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Iterable, Sequence
 
 import orjson
@@ -51,73 +56,84 @@ class Held:
     def __init__(self) -> None:
         self._by_sub: dict[str, dict[int, float]] = {}
         self._sub_of: dict[int, str] = {}
+        self._lock = threading.Lock()
 
     def live(self, subscriber: str, now: float) -> list[int]:
         """The ids ``subscriber`` holds under a lease still running at ``now``. Leases that ran
         out are forgotten here: their deliveries may be claimed again, as on a shared store."""
-        held = self._by_sub.get(subscriber)
-        if not held:
-            return []
-        expired = [i for i, until in held.items() if until < now]
-        for i in expired:
-            del held[i]
-            del self._sub_of[i]
-        return list(held)
+        with self._lock:
+            held = self._by_sub.get(subscriber)
+            if not held:
+                return []
+            expired = [i for i, until in held.items() if until < now]
+            for i in expired:
+                del held[i]
+                del self._sub_of[i]
+            return list(held)
 
     def take(self, subscriber: str, ids: Iterable[int], until: float) -> None:
-        held = self._by_sub.setdefault(subscriber, {})
-        for i in ids:
-            held[i] = until
-            self._sub_of[i] = subscriber
+        with self._lock:
+            held = self._by_sub.setdefault(subscriber, {})
+            for i in ids:
+                held[i] = until
+                self._sub_of[i] = subscriber
 
     def drop(self, ids: Iterable[int]) -> list[int]:
         """End these claims; returns the ids that were not held here."""
-        missing: list[int] = []
-        for i in ids:
-            subscriber = self._sub_of.pop(i, None)
-            if subscriber is None:
-                missing.append(i)
-            else:
-                del self._by_sub[subscriber][i]
-        return missing
+        with self._lock:
+            missing: list[int] = []
+            for i in ids:
+                subscriber = self._sub_of.pop(i, None)
+                if subscriber is None:
+                    missing.append(i)
+                else:
+                    del self._by_sub[subscriber][i]
+            return missing
 
     def renew(self, ids: Sequence[int], until: float) -> list[int]:
         """Extend the leases among ``ids`` still held (run out or not, as a row still
         ``inflight`` was) to ``until``; returns those renewed."""
-        renewed: list[int] = []
-        for i in ids:
-            subscriber = self._sub_of.get(i)
-            if subscriber is not None:
-                self._by_sub[subscriber][i] = until
-                renewed.append(i)
-        return renewed
+        with self._lock:
+            renewed: list[int] = []
+            for i in ids:
+                subscriber = self._sub_of.get(i)
+                if subscriber is not None:
+                    self._by_sub[subscriber][i] = until
+                    renewed.append(i)
+            return renewed
 
     def ids(self, subscriber: str) -> list[int]:
         """Every id ``subscriber`` holds, leases run out or not (as a row left ``inflight`` was:
         not pending until claimed again or released)."""
-        return list(self._by_sub.get(subscriber) or ())
+        with self._lock:
+            return list(self._by_sub.get(subscriber) or ())
 
     def soonest(self, subscriber: str) -> float | None:
         """When the first lease of ``subscriber`` runs out (None: it holds none; a time past:
         one ran out already, and its delivery is due again)."""
-        return min((self._by_sub.get(subscriber) or {}).values(), default=None)
+        with self._lock:
+            return min((self._by_sub.get(subscriber) or {}).values(), default=None)
 
     def subscribers(self) -> list[str]:
         """The subscribers that hold (or held) claims."""
-        return list(self._by_sub)
+        with self._lock:
+            return list(self._by_sub)
 
     def every(self) -> list[int]:
         """Every held id, of every subscriber."""
-        return list(self._sub_of)
+        with self._lock:
+            return list(self._sub_of)
 
     def state(self, delivery_id: int, state: str) -> str:
         """A delivery's state as a reader should see it: ``inflight`` while held (the
         ``state_of`` of :mod:`relay.store.sqlite.queries`)."""
-        return "inflight" if state == "pending" and delivery_id in self._sub_of else state
+        with self._lock:
+            return "inflight" if state == "pending" and delivery_id in self._sub_of else state
 
     def clear(self) -> None:
-        self._by_sub.clear()
-        self._sub_of.clear()
+        with self._lock:
+            self._by_sub.clear()
+            self._sub_of.clear()
 
 
 # -- what readers of the owner's store see --------------------------------------------------------

@@ -73,11 +73,11 @@ def claim_head(
     cache: BodyCache,
     held: Held,
 ) -> Delivery | None:
+    if held.live(subscriber, now):  # before the snapshot begins, as in sql.claim
+        return None  # the one allowed out is still out
     with q._reading(conn):
         if q._disabled_reason(conn, subscriber) is not None:
             return None
-        if held.live(subscriber, now):
-            return None  # the one allowed out is still out
         row = conn.execute(SQL_HEAD, (subscriber, "[]")).fetchone()
         if row is None or row[1] > now:
             return None
@@ -92,9 +92,9 @@ def claim_head(
 
 
 def head_due(conn: sqlite3.Connection, subscriber: str, held: Held) -> float | None:
+    hold = orjson.dumps(held.ids(subscriber)).decode()  # before the file is read
     if q._disabled_reason(conn, subscriber) is not None:
         return None
-    hold = orjson.dumps(held.ids(subscriber)).decode()
     row = conn.execute(SQL_HEAD, (subscriber, hold)).fetchone()
     return None if row is None else float(row[1])
 

@@ -155,10 +155,12 @@ def claim(
     once however many claim it."""
     if limit <= 0:
         return []
+    # The held ids are read before the snapshot begins (see relay.store.sqlite.held): a result
+    # stored meanwhile is then either still held here or already in the snapshot.
+    hold = orjson.dumps(held.live(subscriber, now)).decode()
     with _reading(conn):
         if _disabled_reason(conn, subscriber) is not None:
             return []
-        hold = orjson.dumps(held.live(subscriber, now)).decode()
         params = {"sub": subscriber, "now": now, "limit": limit, "held": hold}
         rows = sorted(orjson.loads(conn.execute(SQL_CLAIM, params).fetchone()[0]))
         if not rows:
@@ -211,11 +213,12 @@ def next_due(conn: sqlite3.Connection, subscriber: str, held: Held) -> float | N
     held claim runs out, whichever is sooner."""
     # A disabled subscriber has nothing due until it is re-enabled (which wakes it anyway);
     # answering "now" would make its claim loop spin.
+    hold = orjson.dumps(held.ids(subscriber)).decode()  # before the file is read, as in claim
+    soonest = held.soonest(subscriber)
     if _disabled_reason(conn, subscriber) is not None:
         return None
-    hold = orjson.dumps(held.ids(subscriber)).decode()
     row = conn.execute(SQL_NEXT_DUE, (subscriber, hold)).fetchone()
-    times = (None if row is None else float(row[0]), held.soonest(subscriber))
+    times = (None if row is None else float(row[0]), soonest)
     return min((t for t in times if t is not None), default=None)
 
 

@@ -1,10 +1,12 @@
 """The SQLite backend: one state file, owned by one relay process.
 
-sqlite3 blocks, so every operation runs on one dedicated worker thread that owns the only
-connection: the event loop never waits on the disk, and the connection is never shared between
-threads. Each write is one explicit ``BEGIN IMMEDIATE … COMMIT`` and rolls back as a whole on any
-error. WAL with ``synchronous=NORMAL`` makes every commit atomic and durable against a crash of
-the process (``kill -9``); only a power loss can drop the last few commits.
+sqlite3 blocks, so every operation runs on a dedicated worker thread that owns its connection:
+the event loop never waits on the disk, and no connection is shared between threads. Every write
+and most reads run on the writer's thread; claims run on a second thread with a read connection
+of their own (:mod:`relay.store.sqlite.claims`), so that they never wait for an ingest. Each
+write is one explicit ``BEGIN IMMEDIATE … COMMIT`` and rolls back as a whole on any error. WAL
+with ``synchronous=NORMAL`` makes every commit atomic and durable against a crash of the process
+(``kill -9``); only a power loss can drop the last few commits.
 
 The state file, its ``-wal`` and ``-shm`` companions and the lock file hold callers' names and
 numbers, so they are private to the relay's user (0600) whatever the umask: the file is created
@@ -50,9 +52,9 @@ from relay.core.models import (
 )
 from relay.core.status import StoreStats
 from relay.store.base import Store
-from relay.store.bodies import BodyCache
 from relay.store.sqlite import ledger, pace, queries, retention
 from relay.store.sqlite import sql as q
+from relay.store.sqlite.claims import ClaimReader
 from relay.store.sqlite.held import Held, overlay_stats
 from relay.store.sqlite.single import SingleOwnerMixin
 
@@ -73,9 +75,8 @@ class SqliteStore(SingleOwnerMixin, Store):
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
-        # Used on the store thread only (by claim): one body object per record, shared.
-        self._bodies = BodyCache()
-        self._held = Held()  # the owner's claims: touched only on the store's thread
+        self._claims = ClaimReader(path, self._error)
+        self._held = Held()  # the owner's claims: shared by the writer and the claim thread
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -86,6 +87,7 @@ class SqliteStore(SingleOwnerMixin, Store):
         try:
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(executor, self._open_sync)
+            await self._claims.open()
         except BaseException:
             executor.shutdown(wait=True)
             self._close_sync()  # in case open was cancelled after it succeeded
@@ -97,6 +99,7 @@ class SqliteStore(SingleOwnerMixin, Store):
         if executor is None:
             return
         try:
+            await self._claims.close()
             # Queued behind every operation already submitted, so those finish first.
             await asyncio.get_running_loop().run_in_executor(executor, self._close_sync)
         finally:
@@ -144,7 +147,7 @@ class SqliteStore(SingleOwnerMixin, Store):
             log.warning("%d deliveries left in flight by a previous run are due again", recovered)
 
     def _close_sync(self) -> None:
-        self._bodies.clear()
+        self._claims.close_sync()
         self._held.clear()
         conn, self._conn = self._conn, None
         if conn is not None:
@@ -186,7 +189,8 @@ class SqliteStore(SingleOwnerMixin, Store):
         return await asyncio.get_running_loop().run_in_executor(executor, call)
 
     async def _on_thread(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        """Run ``fn(…)`` on the store's thread: for the held claims, which only it touches."""
+        """Run ``fn(…)`` on the writer's thread: releases and renewals of held claims, in order
+        with the results queued before them."""
         if self._executor is None:
             raise StoreError(f"state file {self.path} is not open")
         return await asyncio.get_running_loop().run_in_executor(
@@ -236,8 +240,8 @@ class SqliteStore(SingleOwnerMixin, Store):
     # -- delivery -----------------------------------------------------------------------------
 
     async def claim(self, subscriber: str, limit: int, now: float, lease: float) -> list[Delivery]:
-        return await self._run(
-            "claim", q.claim, subscriber, limit, now, lease, self._bodies, self._held
+        return await self._claims.run(
+            "claim", q.claim, subscriber, limit, now, lease, self._claims.bodies, self._held
         )
 
     async def finish(self, results: Sequence[Finished]) -> None:
@@ -249,15 +253,15 @@ class SqliteStore(SingleOwnerMixin, Store):
             await self._on_thread(self._held.drop, delivery_ids)
 
     async def next_due(self, subscriber: str) -> float | None:
-        return await self._run("next due", q.next_due, subscriber, self._held)
+        return await self._claims.run("next due", q.next_due, subscriber, self._held)
 
     async def claim_head(self, subscriber: str, now: float, lease: float) -> Delivery | None:
-        return await self._run(
-            "claim head", pace.claim_head, subscriber, now, lease, self._bodies, self._held
+        return await self._claims.run(
+            "claim head", pace.claim_head, subscriber, now, lease, self._claims.bodies, self._held
         )
 
     async def head_due(self, subscriber: str) -> float | None:
-        return await self._run("head due", pace.head_due, subscriber, self._held)
+        return await self._claims.run("head due", pace.head_due, subscriber, self._held)
 
     async def due_times(self) -> dict[str, float]:
         return await self._run("due times", pace.due_times, self._held)
