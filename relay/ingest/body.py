@@ -140,8 +140,9 @@ class StreamedBody:
       Otherwise (another order, record fields with those names) one event pass over the whole
       body reads the top level first: a few times slower, memory still flat.
     * Nesting is at most ``_MAX_DEPTH`` levels (see there), by the bracket structure.
-    * No lone surrogate escape (ijson would change it); integers past 64 bits and numbers
-      beyond float range make ijson fail, which abandons the stream.
+    * No lone surrogate escape (ijson would change it); integers past 64 bits (and -2**63,
+      which yajl's own number reader overflows on), and numbers beyond float range make ijson
+      fail, which abandons the stream.
     """
 
     def __init__(self, content_type: str, body: bytes) -> None:

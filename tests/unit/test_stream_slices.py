@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from relay.ingest import body as parsing
 from relay.ingest import slices
-from relay.ingest.body import FetchResult, StreamedBody
+from relay.ingest.body import FetchResult, StreamAbandoned, StreamedBody
 from relay.ingest.slices import array_span, sliced
 from tests.unit.test_catchup_stream import JSON, doc, same, stream, whole
 
@@ -119,11 +119,14 @@ text = st.lists(
     st.text(st.characters(exclude_categories=("Cs",)), max_size=3) | st.sampled_from(TRICKY),
     max_size=4,
 ).map("".join)
+# -2**63 itself is yajl's overflow when it reads numbers (use_float): a stream that reaches ijson
+# with it abandons (see test_the_lowest_64_bit_integer_abandons_an_ijson_stream).
+INT_LOW = -(2**63) + 1
 record = st.fixed_dictionaries(
     {"rid": st.integers(0, 10**9)},
     optional={
         "note": text,
-        "n": st.floats(allow_nan=False, allow_infinity=False) | st.integers(-(2**63), 2**63 - 1),
+        "n": st.floats(allow_nan=False, allow_infinity=False) | st.integers(INT_LOW, 2**63 - 1),
         "x": st.lists(st.dictionaries(text, text, max_size=2) | text, max_size=3),
     },
 )
@@ -131,7 +134,7 @@ record = st.fixed_dictionaries(
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    recs=st.lists(record | st.integers(-(2**63), 2**63 - 1) | text, max_size=25),
+    recs=st.lists(record | st.integers(INT_LOW, 2**63 - 1) | text, max_size=25),
     style=st.sampled_from(["orjson", "ascii", "pretty"]),
     size=st.integers(1, 6),
     guess=st.sampled_from([1, 8, 256]),
@@ -166,3 +169,15 @@ def test_sliced_records_are_the_whole_parse(
 )
 def test_long_number_finds_twenty_digits_in_a_row(text: bytes, long: bool) -> None:
     assert parsing._long_number(text) is long
+
+
+def test_the_lowest_64_bit_integer_abandons_an_ijson_stream() -> None:
+    """yajl, reading numbers itself (ijson's use_float), overflows on -2**63 although it fits in
+    64 bits: a body that goes to ijson (here a 20-digit number sends it there) abandons the
+    stream, and the whole-body parse, which the intake falls back to, reads it exactly."""
+    recs = [{"rid": 1, "n": -(2**63)}, {"rid": 2, "n": 10**19}]
+    body = orjson.dumps({"success": True, "count": 2, "records": recs})
+    expected = whole(body)
+    assert isinstance(expected, FetchResult) and same(expected.records, recs)
+    _, result = stream(body, size=1)
+    assert isinstance(result, StreamAbandoned) and "integer overflow" in str(result)
