@@ -26,7 +26,7 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from relay.config.schema import AccountSettings, Settings
-from relay.core.aio import unless_stopped, wait_or_stop
+from relay.core.aio import StopWaiter
 from relay.core.errors import (
     StoreError,
     StoreFull,
@@ -136,6 +136,13 @@ class AccountPoller:
                 await asyncio.shield(self.lease.release())
 
     async def _run(self, stop: asyncio.Event) -> None:
+        waiter = StopWaiter(stop)  # one task waits for stop, not one per sleep and poll
+        try:
+            await self._polls(stop, waiter)
+        finally:
+            waiter.close()
+
+    async def _polls(self, stop: asyncio.Event, waiter: StopWaiter) -> None:
         if self.lease is None:
             # The position handed over at start-up (one query for every account), used once: a
             # run restarted after a crash takes up the durable position again, as ever.
@@ -154,19 +161,19 @@ class AccountPoller:
         due = loop.time() + first  # the next poll's start on the schedule (loop clock)
         if first > 0:
             self.stats.enter("waiting", now, now + first)
-            if await wait_or_stop(stop, first):
+            if await waiter.sleep(first):
                 return
         while not stop.is_set():
             delay: float | None = None  # after a good poll: the schedule's
             if self.lease is not None and not await self.lease.turn(self.load):
                 # Another instance polls this account; ask again soon, so that when it dies
                 # we take over within the lease's ttl plus this.
-                await wait_or_stop(stop, self.lease.retry_every)
+                await waiter.sleep(self.lease.retry_every)
                 continue
             try:
                 # A stop during a long budget wait or a slow fetch abandons the poll; an ingest
                 # that already started still commits or rolls back as a whole in the store.
-                if await unless_stopped(stop, self.poll_once()) is None:
+                if await waiter.run(self.poll_once()) is None:
                     return
                 failures = 0
                 self.stats.count("ok", None)
@@ -239,7 +246,7 @@ class AccountPoller:
             else:
                 due = loop.time() + delay
             self.stats.enter("waiting", now, now + delay)
-            await wait_or_stop(stop, delay)
+            await waiter.sleep(delay)
 
     async def load(self) -> None:
         """Take up the account's durable position (cursor, last sweep and its anchor)."""
