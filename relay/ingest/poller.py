@@ -98,6 +98,7 @@ class AccountPoller:
         # here, not from the current cursor, so a record written up to `lookback` behind the
         # newest record *when it appeared* is still caught however far the cursor moved since.
         self._anchor: str | None = None
+        self._epoch_of: str | None = None  # the cursor stats.newest_call_at was read from
         self._status: tuple[str, str | None] | None = None
         self.polls = 0  # successful polls, for status and tests
         # Called with the account's name after the first successful poll (the supervisor's).
@@ -300,7 +301,9 @@ class AccountPoller:
         self.polls += 1
         if self.polls == 1 and self.on_first_poll is not None:
             self.on_first_poll(self.name)
-        if cursor is not None:
+        if cursor is not None and cursor != self._epoch_of:
+            # strptime is ~10 us: read again only when the cursor moved, not on every poll
+            self._epoch_of = cursor
             self.stats.newest_call_at = _epoch(cursor, self._tz)
         if plan.seed_only and poll.new:
             log.info(

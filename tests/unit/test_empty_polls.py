@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from relay.ingest.poller import SWEPT_WRITE_EVERY
+from relay.ingest.poller import SWEPT_WRITE_EVERY, _epoch
 from relay.store.sqlite.store import SqliteStore
 from tests.helpers import KEY_A, ago
 from tests.pollers import account_poller, simulated
@@ -69,3 +69,27 @@ async def test_a_record_after_quiet_polls_is_stored_and_delivered(tmp_path: Path
         cursor = await store.load_cursor("alpha")
         assert cursor.newest is not None
         assert made["rid"] in [r.rid for r in await store.recent_records(10)]
+
+
+async def test_the_newest_call_time_follows_the_cursor_and_not_each_poll(tmp_path: Path) -> None:
+    """stats.newest_call_at (the lag on the status page) is read from the cursor once per
+    cursor it moved to, and is what the cursor says after every poll."""
+    now = [T0]
+    async with (
+        simulated() as (sim, session),
+        account_poller(CountingStore, sim, session, tmp_path, now, "now") as (p, store),
+    ):
+        await p.poll_once()
+        assert p.stats.newest_call_at is None  # no cursor yet
+        seen: list[float | None] = []
+        for age in (30, None, 10):  # a record, an empty poll, a newer record
+            if age is not None:
+                sim.add_record(KEY_A, started_at=ago(age))
+            now[0] += 5.0
+            await p.poll_once()
+            cursor = (await store.load_cursor("alpha")).newest
+            assert cursor is not None
+            assert p.stats.newest_call_at == _epoch(cursor, p._tz)
+            seen.append(p.stats.newest_call_at)
+        assert seen[0] == seen[1] and seen[2] is not None and seen[0] is not None
+        assert seen[2] > seen[0]
