@@ -2,7 +2,8 @@
 circuit breaker and pause, and start-up due times (schema version 5, see ``sql.SCHEMA_V5``).
 
 Like :mod:`relay.store.sqlite.sql`, every function takes the connection first, runs one
-transaction, and is called only from the store's worker thread.
+transaction, and is called only from the thread that owns it: the writer's, except
+:func:`claim_head` and :func:`head_due`, which run on the claim thread and only read.
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
 """The SQL of the SQLite backend: the synchronous functions that each run one transaction on
-the store's worker thread (see :mod:`relay.store.sqlite.store`); the schema is in
+one of the store's threads (see :mod:`relay.store.sqlite.store`); the schema is in
 :mod:`relay.store.sqlite.schema`.
 
-Every function here takes the connection first and is called only from that one thread.
+Every function here takes the connection first and is called only from the thread that owns
+it: the writer's, except :func:`claim` and :func:`next_due`, which run on the claim thread
+(:mod:`relay.store.sqlite.claims`) and only read.
 """
 
 from __future__ import annotations
