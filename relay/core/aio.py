@@ -43,6 +43,11 @@ async def unless_stopped(stop: asyncio.Event, aw: Awaitable[T]) -> T | None:
         await asyncio.wait([task, stopper], return_when=asyncio.FIRST_COMPLETED)
     finally:
         stopper.cancel()
+    return await _result_or_cancel(task)
+
+
+async def _result_or_cancel(task: asyncio.Future[T]) -> T | None:
+    """``task``'s result if it is done; else cancel it, wait for it, and return None."""
     if task.done():
         return task.result()
     task.cancel()
@@ -88,16 +93,7 @@ class StopWaiter:
         """As :func:`unless_stopped`: ``aw``'s result, or None (``aw`` cancelled) if stopped."""
         task = asyncio.ensure_future(aw)
         await asyncio.wait([task, self._stopped()], return_when=asyncio.FIRST_COMPLETED)
-        if task.done():
-            return task.result()
-        task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                raise
-        return None
+        return await _result_or_cancel(task)
 
     def close(self) -> None:
         if self._task is not None:

@@ -26,6 +26,7 @@ from typing import Concatenate, ParamSpec, TypeVar
 
 from relay.core.errors import StoreError
 from relay.store.bodies import BodyCache
+from relay.store.sqlite.threads import run_on
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -87,14 +88,6 @@ class ClaimReader:
         **kwargs: P.kwargs,
     ) -> T:
         """Run ``fn(conn, …)`` on the claim thread, translating sqlite errors as the store does."""
-        executor, conn = self._executor, self._conn
-        if executor is None or conn is None:
-            raise StoreError(f"state file {self.path} is not open")
-
-        def call() -> T:
-            try:
-                return fn(conn, *args, **kwargs)
-            except sqlite3.Error as exc:
-                raise self._error(op, exc) from exc
-
-        return await asyncio.get_running_loop().run_in_executor(executor, call)
+        return await run_on(
+            self._executor, self._conn, self.path, self._error, op, fn, *args, **kwargs
+        )

@@ -23,6 +23,7 @@ from relay.core.status import StoreStats
 from relay.store.base import StoreReader
 from relay.store.sqlite import queries
 from relay.store.sqlite import sql as q
+from relay.store.sqlite.threads import run_on
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -73,17 +74,12 @@ class SqliteSnapshotReader(StoreReader):
         *args: P.args,
         **kwargs: P.kwargs,
     ) -> T:
-        executor, conn = self._executor, self._conn
-        if executor is None or conn is None:
-            raise StoreError(f"state file {self.path} is not open")
+        return await run_on(
+            self._executor, self._conn, self.path, self._error, op, fn, *args, **kwargs
+        )
 
-        def call() -> T:
-            try:
-                return fn(conn, *args, **kwargs)
-            except sqlite3.Error as exc:
-                raise StoreError(f"state file {self.path}: {op} failed: {exc}") from exc
-
-        return await asyncio.get_running_loop().run_in_executor(executor, call)
+    def _error(self, op: str, exc: sqlite3.Error) -> StoreError:
+        return StoreError(f"state file {self.path}: {op} failed: {exc}")
 
     async def stats(self) -> StoreStats:
         return await self._run("stats", q.stats)

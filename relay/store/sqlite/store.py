@@ -57,6 +57,7 @@ from relay.store.sqlite import sql as q
 from relay.store.sqlite.claims import ClaimReader
 from relay.store.sqlite.held import Held, overlay_stats
 from relay.store.sqlite.single import SingleOwnerMixin
+from relay.store.sqlite.threads import run_on
 
 log = logging.getLogger(__name__)
 
@@ -171,22 +172,10 @@ class SqliteStore(SingleOwnerMixin, Store):
         *args: P.args,
         **kwargs: P.kwargs,
     ) -> T:
-        """Run ``fn(conn, …)`` on the store's thread, translating sqlite errors.
-
-        If the awaiting task is cancelled, an operation already running still completes (or
-        rolls back) as a whole on the thread; one not yet started never runs.
-        """
-        executor, conn = self._executor, self._conn
-        if executor is None or conn is None:
-            raise StoreError(f"state file {self.path} is not open")
-
-        def call() -> T:
-            try:
-                return fn(conn, *args, **kwargs)
-            except sqlite3.Error as exc:
-                raise self._error(op, exc) from exc
-
-        return await asyncio.get_running_loop().run_in_executor(executor, call)
+        """Run ``fn(conn, …)`` on the writer's thread (see :func:`threads.run_on`)."""
+        return await run_on(
+            self._executor, self._conn, self.path, self._error, op, fn, *args, **kwargs
+        )
 
     async def _on_thread(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run ``fn(…)`` on the writer's thread: releases and renewals of held claims, in order
