@@ -12,9 +12,7 @@ import asyncio
 import os
 import pathlib
 import sqlite3
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Concatenate, ParamSpec, TypeVar
 
 from relay.core.errors import StoreError
 from relay.core.journey import Journey, RecentAttempt, RecordQuery, RecordSummary
@@ -23,13 +21,10 @@ from relay.core.status import StoreStats
 from relay.store.base import StoreReader
 from relay.store.sqlite import queries
 from relay.store.sqlite import sql as q
-from relay.store.sqlite.threads import run_on
-
-P = ParamSpec("P")
-T = TypeVar("T")
+from relay.store.sqlite.threads import ThreadOwned
 
 
-class SqliteSnapshotReader(StoreReader):
+class SqliteSnapshotReader(ThreadOwned, StoreReader):
     """:class:`StoreReader` on a state file, read-only and without its lock."""
 
     def __init__(self, path: str) -> None:
@@ -66,17 +61,6 @@ class SqliteSnapshotReader(StoreReader):
             if conn is not None:
                 await asyncio.get_running_loop().run_in_executor(executor, conn.close)
             executor.shutdown(wait=True)
-
-    async def _run(
-        self,
-        op: str,
-        fn: Callable[Concatenate[sqlite3.Connection, P], T],
-        *args: P.args,
-        **kwargs: P.kwargs,
-    ) -> T:
-        return await run_on(
-            self._executor, self._conn, self.path, self._error, op, fn, *args, **kwargs
-        )
 
     def _error(self, op: str, exc: sqlite3.Error) -> StoreError:
         return StoreError(f"state file {self.path}: {op} failed: {exc}")

@@ -34,7 +34,7 @@ import pathlib
 import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Concatenate, ParamSpec, TypeVar
+from typing import ParamSpec, TypeVar
 
 from relay.core.breaker import Circuit
 from relay.core.budget import Charge
@@ -57,7 +57,7 @@ from relay.store.sqlite import sql as q
 from relay.store.sqlite.claims import ClaimReader
 from relay.store.sqlite.held import Held, overlay_stats
 from relay.store.sqlite.single import SingleOwnerMixin
-from relay.store.sqlite.threads import run_on
+from relay.store.sqlite.threads import ThreadOwned
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
-class SqliteStore(SingleOwnerMixin, Store):
+class SqliteStore(ThreadOwned, SingleOwnerMixin, Store):
     """:class:`Store` on one SQLite file. See the module docstring for the guarantees."""
 
     def __init__(self, path: str, *, synchronous: str = "NORMAL") -> None:
@@ -164,18 +164,6 @@ class SqliteStore(SingleOwnerMixin, Store):
         if "readonly" in str(exc) or "unable to open" in str(exc):
             hint = " (check that the file and its directory are writable)"
         return StoreError(f"cannot open state file {self.path}: {exc}{hint}")
-
-    async def _run(
-        self,
-        op: str,
-        fn: Callable[Concatenate[sqlite3.Connection, P], T],
-        *args: P.args,
-        **kwargs: P.kwargs,
-    ) -> T:
-        """Run ``fn(conn, …)`` on the writer's thread (see :func:`threads.run_on`)."""
-        return await run_on(
-            self._executor, self._conn, self.path, self._error, op, fn, *args, **kwargs
-        )
 
     async def _on_thread(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run ``fn(…)`` on the writer's thread: releases and renewals of held claims, in order

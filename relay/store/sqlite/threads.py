@@ -2,7 +2,8 @@
 
 sqlite3 blocks, and a connection belongs to one thread: the store's writer, its claim thread
 (:mod:`relay.store.sqlite.claims`) and a snapshot reader each own an executor of one worker
-and one connection, and every call goes through :func:`run_on`.
+and one connection, and every call goes through :func:`run_on` (for an owner that keeps them
+as attributes, :meth:`ThreadOwned._run`).
 """
 
 from __future__ import annotations
@@ -46,3 +47,24 @@ async def run_on(
             raise error(op, exc) from exc
 
     return await asyncio.get_running_loop().run_in_executor(executor, call)
+
+
+class ThreadOwned:
+    """An owner of one executor and one connection: its ``_run`` is :func:`run_on` on them."""
+
+    path: str
+    _executor: ThreadPoolExecutor | None
+    _conn: sqlite3.Connection | None
+    _error: Callable[[str, sqlite3.Error], StoreError]
+
+    async def _run(
+        self,
+        op: str,
+        fn: Callable[Concatenate[sqlite3.Connection, P], T],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T:
+        """Run ``fn(conn, …)`` on the owner's thread (see :func:`run_on`)."""
+        return await run_on(
+            self._executor, self._conn, self.path, self._error, op, fn, *args, **kwargs
+        )
