@@ -38,7 +38,7 @@ from relay.core.models import AccountCursor
 from relay.core.retry import upstream_backoff
 from relay.core.schedule import next_due
 from relay.core.status import RuntimeAccount
-from relay.core.window import WindowPolicy, plan_poll, prune_before
+from relay.core.window import StartMemo, WindowPolicy, plan_poll, prune_before
 from relay.ingest.budget import KeyBudget
 from relay.ingest.cadence import KeyCadence
 from relay.ingest.intake import Intake
@@ -85,6 +85,7 @@ class AccountPoller:
         self._cadence = cadence or KeyCadence(up, [account.name])
         self._clock = clock
         self._tz = ZoneInfo(up.timezone)
+        self._starts = StartMemo()
         self._policy = WindowPolicy(
             recent_window=up.recent_window,
             lookback=up.lookback,
@@ -276,6 +277,7 @@ class AccountPoller:
             self._policy,
             self._tz,
             sweep_from=self._anchor,
+            memo=self._starts,
         )
         self.stats.enter("budget", now)
         await self._budget.acquire()
