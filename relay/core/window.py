@@ -152,9 +152,14 @@ def plan_poll(
         or now < last_sweep  # the wall clock moved back: sweeping is the safe side
     )
     text = newest
-    anchored = due and sweep_from is not None and sweep_from < newest
-    if anchored and parse_ts(sweep_from) is not None and parse_ts(newest) is not None:
-        text = sweep_from  # (a cursor that does not parse is lost, anchor or not)
+    if (
+        due
+        and sweep_from is not None
+        and sweep_from < newest
+        and parse_ts(sweep_from) is not None
+        and parse_ts(newest) is not None  # a cursor that does not parse is lost, anchor or not
+    ):
+        text = sweep_from
     seconds = policy.lookback if due else policy.recent_window
     start = memo.start(text, seconds, tz) if memo is not None else _window_start(text, seconds, tz)
     if start is None:  # the cursor does not parse: lost

@@ -41,11 +41,22 @@ SQL_HELD_PENDING = """
 SELECT subscriber, COUNT(*) FROM deliveries
 WHERE id IN (SELECT value FROM json_each(?)) AND state = 'pending' GROUP BY subscriber
 """
-# The earliest due time among a subscriber's pending rows that no claim holds.
+# The earliest due time among a subscriber's pending rows that no claim holds (NULL: none):
+# the first unheld fresh row in queue order (see sql.SQL_CLAIM on why that is its due order),
+# and the first unheld retry by due time. One or two index steps each, plus the held rows.
 SQL_OLDEST_UNHELD = """
-SELECT next_at FROM deliveries
-WHERE subscriber = ? AND state = 'pending' AND id NOT IN (SELECT value FROM json_each(?))
-ORDER BY next_at LIMIT 1
+SELECT MIN(at) FROM (
+    SELECT at FROM (
+        SELECT next_at AS at FROM deliveries INDEXED BY deliveries_fresh
+        WHERE subscriber = ?1 AND state = 'pending' AND attempts = 0
+            AND id NOT IN (SELECT value FROM json_each(?2))
+        ORDER BY id LIMIT 1)
+    UNION ALL
+    SELECT at FROM (
+        SELECT next_at AS at FROM deliveries INDEXED BY deliveries_retry
+        WHERE subscriber = ?1 AND state = 'pending' AND attempts > 0
+            AND id NOT IN (SELECT value FROM json_each(?2))
+        ORDER BY next_at LIMIT 1))
 """
 
 
@@ -152,6 +163,6 @@ def overlay_stats(conn: sqlite3.Connection, held: Held, stats: StoreStats) -> St
         counts.pending -= n
         counts.inflight += n
         hold = orjson.dumps(held.ids(subscriber)).decode()
-        row = conn.execute(SQL_OLDEST_UNHELD, (subscriber, hold)).fetchone()
-        counts.oldest_pending_at = None if row is None else float(row[0])
+        (at,) = conn.execute(SQL_OLDEST_UNHELD, (subscriber, hold)).fetchone()
+        counts.oldest_pending_at = None if at is None else float(at)
     return stats

@@ -19,32 +19,63 @@ from relay.store.sqlite import sql as q
 from relay.store.sqlite.held import Held
 
 # The head: the oldest pending delivery in queue order that no claim holds (the held ids, a
-# JSON array, are in memory: see relay.store.sqlite.held), one step of 'deliveries_queue' and
-# one more per held row before it.
+# JSON array, are in memory: see relay.store.sqlite.held): the first unheld row of
+# 'deliveries_fresh' (one step, and one more per held row before it) or the oldest unheld retry
+# (a walk of the subscriber's retries, which are few), whichever is older.
 SQL_HEAD = """
 SELECT d.id, d.next_at, d.attempts, r.account, r.rid, r.id, r.received_at
-FROM deliveries AS d INDEXED BY deliveries_queue JOIN records AS r ON r.id = d.record_id
-WHERE d.subscriber = ? AND d.state = 'pending' AND d.id NOT IN (SELECT value FROM json_each(?))
-ORDER BY d.id LIMIT 1
+FROM deliveries AS d JOIN records AS r ON r.id = d.record_id
+WHERE d.id = (
+    SELECT MIN(id) FROM (
+        SELECT id FROM (
+            SELECT id FROM deliveries INDEXED BY deliveries_fresh
+            WHERE subscriber = ?1 AND state = 'pending' AND attempts = 0
+                AND id NOT IN (SELECT value FROM json_each(?2))
+            ORDER BY id LIMIT 1)
+        UNION ALL
+        SELECT MIN(id) FROM deliveries INDEXED BY deliveries_retry
+        WHERE subscriber = ?1 AND state = 'pending' AND attempts > 0
+            AND id NOT IN (SELECT value FROM json_each(?2))))
 """
 
-# Hops from one subscriber to the next in the due index, then reads the first entry of each:
-# two index seeks per subscriber with something pending, however deep its queue. A GROUP BY
-# walked every pending row -- 0.2 s on the store's only thread and the page cache filled
-# (+33 MB of RSS) at start-up with 1,000,000 queued. Subscribers holding claims are looked at
-# again without their held rows (see due_times).
+# Hops from one subscriber to the next in each pending index, then reads the first due time of
+# each: a few index seeks per subscriber with something pending, however deep its queue. A
+# GROUP BY walked every pending row -- 0.2 s on the store's only thread and the page cache
+# filled (+33 MB of RSS) at start-up with 1,000,000 queued. Subscribers holding claims are
+# looked at again without their held rows (see due_times).
 SQL_DUE_TIMES = """
-WITH RECURSIVE queues (subscriber) AS (
-    SELECT MIN(subscriber) FROM deliveries INDEXED BY deliveries_due WHERE state = 'pending'
+WITH RECURSIVE
+fresh (subscriber) AS (
+    SELECT MIN(subscriber) FROM deliveries INDEXED BY deliveries_fresh
+    WHERE state = 'pending' AND attempts = 0
     UNION ALL
-    SELECT (SELECT MIN(d.subscriber) FROM deliveries AS d INDEXED BY deliveries_due
-            WHERE d.state = 'pending' AND d.subscriber > queues.subscriber)
-    FROM queues WHERE queues.subscriber NOTNULL
+    SELECT (SELECT MIN(d.subscriber) FROM deliveries AS d INDEXED BY deliveries_fresh
+            WHERE d.state = 'pending' AND d.attempts = 0 AND d.subscriber > fresh.subscriber)
+    FROM fresh WHERE fresh.subscriber NOTNULL
+),
+retry (subscriber) AS (
+    SELECT MIN(subscriber) FROM deliveries INDEXED BY deliveries_retry
+    WHERE state = 'pending' AND attempts > 0
+    UNION ALL
+    SELECT (SELECT MIN(d.subscriber) FROM deliveries AS d INDEXED BY deliveries_retry
+            WHERE d.state = 'pending' AND d.attempts > 0 AND d.subscriber > retry.subscriber)
+    FROM retry WHERE retry.subscriber NOTNULL
+),
+due (subscriber, at) AS (
+    SELECT subscriber, (SELECT d.next_at FROM deliveries AS d INDEXED BY deliveries_fresh
+                        WHERE d.state = 'pending' AND d.attempts = 0
+                            AND d.subscriber = fresh.subscriber
+                        ORDER BY d.id LIMIT 1)
+    FROM fresh WHERE subscriber NOTNULL
+    UNION ALL
+    SELECT subscriber, (SELECT MIN(d.next_at) FROM deliveries AS d INDEXED BY deliveries_retry
+                        WHERE d.state = 'pending' AND d.attempts > 0
+                            AND d.subscriber = retry.subscriber)
+    FROM retry WHERE subscriber NOTNULL
 )
-SELECT subscriber, (SELECT MIN(d.next_at) FROM deliveries AS d INDEXED BY deliveries_due
-                    WHERE d.state = 'pending' AND d.subscriber = queues.subscriber)
-FROM queues WHERE subscriber NOTNULL
-    AND subscriber NOT IN (SELECT subscriber FROM subscriber_state WHERE disabled_reason NOTNULL)
+SELECT subscriber, MIN(at) FROM due
+WHERE subscriber NOT IN (SELECT subscriber FROM subscriber_state WHERE disabled_reason NOTNULL)
+GROUP BY subscriber
 """
 
 # Held deliveries keep their due time: a retry in flight gets its own from its result.

@@ -48,7 +48,7 @@ class SqliteSnapshotReader(ThreadOwned, StoreReader):
         try:
             conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA busy_timeout = 5000")
-            q.check_ours(conn, self.path)
+            q.check_current(conn, self.path)
             queries.register_functions(conn)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot read state file {self.path}: {exc}") from exc

@@ -29,12 +29,25 @@ SQL_PRUNE_QUARANTINE = """
 DELETE FROM quarantine WHERE id IN (
     SELECT id FROM quarantine INDEXED BY quarantine_seen WHERE last_at < ? LIMIT ?)
 """
-# One statement per state, so that each walks that state's partial index by subscriber.
+# One statement per state, so that each walks that state's partial index by subscriber
+# (pending rows are in two: fresh and retries).
 SQL_PURGE_STATE = {
     state: "DELETE FROM deliveries WHERE id IN (SELECT id FROM deliveries "
     f"WHERE subscriber = ? AND state = '{state}' LIMIT ?)"
     for state in STATES
+    if state != "pending"
 }
+SQL_PURGE_STATE["pending"] = """
+DELETE FROM deliveries WHERE id IN (
+    SELECT id FROM (
+        SELECT id FROM deliveries INDEXED BY deliveries_fresh
+        WHERE subscriber = ?1 AND state = 'pending' AND attempts = 0 LIMIT ?2)
+    UNION ALL
+    SELECT id FROM (
+        SELECT id FROM deliveries INDEXED BY deliveries_retry
+        WHERE subscriber = ?1 AND state = 'pending' AND attempts > 0 LIMIT ?2)
+    LIMIT ?2)
+"""
 SQL_STAMP_ORPHAN = """
 INSERT INTO subscriber_state (subscriber, disabled_reason, updated_at, orphaned_at)
 VALUES (?1, NULL, ?2, ?2)

@@ -34,11 +34,13 @@ from relay.store.sqlite.schema import (
     SCHEMA_V4,
     SCHEMA_V5,
     SCHEMA_V6,
+    SCHEMA_V7,
     SYNCHRONOUS_MODES,
     _chunks,
     _marks,
     _reading,
     _transaction,
+    check_current,
     check_ours,
     configure,
     execute,
@@ -58,9 +60,11 @@ __all__ = [
     "SCHEMA_V4",
     "SCHEMA_V5",
     "SCHEMA_V6",
+    "SCHEMA_V7",
     "SYNCHRONOUS_MODES",
     "_reading",
     "_transaction",
+    "check_current",
     "check_ours",
     "configure",
     "execute",
@@ -111,14 +115,27 @@ SET disabled_reason = excluded.disabled_reason, updated_at = excluded.updated_at
 # One row comes back: the claimed deliveries as JSON, each with its rank in queue order (a window
 # function: SQLite 3.25 or later), and what names its record's body (id, rid, received_at).
 # The held ids are a JSON array, made into a lookup table once per statement.
+# Due deliveries in due order: the fresh ones (never tried, due since they were queued) in
+# queue order from 'deliveries_fresh', the retries by due time from 'deliveries_retry', the
+# first :limit of each, merged. Queue order is a fresh delivery's due order (it is due from when
+# its record was stored), except after the wall clock went back or a replay: then a fresh one
+# can come a little ahead of its due order, never later than due.
 SQL_CLAIM = """
 SELECT json_group_array(
     json_array(due.rank, d.id, d.attempts, r.account, r.rid, r.id, r.received_at))
 FROM (
     SELECT id, row_number() OVER (ORDER BY next_at, id) AS rank FROM (
-        SELECT id, next_at FROM deliveries
-        WHERE subscriber = :sub AND state = 'pending' AND next_at <= :now
-            AND id NOT IN (SELECT value FROM json_each(:held))
+        SELECT id, next_at FROM (
+            SELECT id, next_at FROM deliveries INDEXED BY deliveries_fresh
+            WHERE subscriber = :sub AND state = 'pending' AND attempts = 0 AND next_at <= :now
+                AND id NOT IN (SELECT value FROM json_each(:held))
+            ORDER BY id LIMIT :limit)
+        UNION ALL
+        SELECT id, next_at FROM (
+            SELECT id, next_at FROM deliveries INDEXED BY deliveries_retry
+            WHERE subscriber = :sub AND state = 'pending' AND attempts > 0 AND next_at <= :now
+                AND id NOT IN (SELECT value FROM json_each(:held))
+            ORDER BY next_at, id LIMIT :limit)
         ORDER BY next_at, id LIMIT :limit)
 ) AS due
 JOIN deliveries AS d ON d.id = due.id
@@ -219,8 +236,8 @@ def next_due(conn: sqlite3.Connection, subscriber: str, held: Held) -> float | N
     soonest = held.soonest(subscriber)
     if _disabled_reason(conn, subscriber) is not None:
         return None
-    row = conn.execute(SQL_NEXT_DUE, (subscriber, hold)).fetchone()
-    times = (None if row is None else float(row[0]), soonest)
+    (at,) = conn.execute(SQL_NEXT_DUE, (subscriber, hold)).fetchone()
+    times = (None if at is None else float(at), soonest)
     return min((t for t in times if t is not None), default=None)
 
 

@@ -32,16 +32,28 @@ def _account_stats(conn: sqlite3.Connection) -> dict[str, AccountState]:
     return accounts
 
 
-# Each branch is a walk of one partial index, already grouped by subscriber.
-SQL_STATE_COUNTS = " UNION ALL ".join(
-    f"SELECT subscriber, '{state}', COUNT(*), {oldest} FROM deliveries "
-    f"WHERE state = '{state}' GROUP BY subscriber"
-    for state, oldest in (
-        ("pending", "MIN(next_at)"),
-        ("inflight", "NULL"),
-        ("delivered", "NULL"),
-        ("dead", "NULL"),
+# Each branch is a walk of one partial index, already grouped by subscriber; pending rows are
+# in two (fresh and retries, schema version 7), summed here. A fresh row's due time is the first
+# one's in queue order (its due order: see relay.store.sqlite.sql.SQL_CLAIM).
+_BRANCHES = (
+    ("pending", "deliveries_fresh", "attempts = 0", "(SELECT f.next_at FROM deliveries AS f "
+     "INDEXED BY deliveries_fresh WHERE f.subscriber = d.subscriber AND f.state = 'pending' "
+     "AND f.attempts = 0 ORDER BY f.id LIMIT 1)"),
+    ("pending", "deliveries_retry", "attempts > 0", "MIN(next_at)"),
+    ("inflight", "deliveries_leased", None, "NULL"),
+    ("delivered", "deliveries_done", None, "NULL"),
+    ("dead", "deliveries_dead", None, "NULL"),
+)  # fmt: skip
+SQL_STATE_COUNTS = (
+    "SELECT subscriber, state, SUM(n), MIN(oldest) FROM ("
+    + " UNION ALL ".join(
+        f"SELECT subscriber, '{state}' AS state, COUNT(*) AS n, {oldest} AS oldest "
+        f"FROM deliveries AS d INDEXED BY {index} WHERE state = '{state}'"
+        + (f" AND {also}" if also else "")
+        + " GROUP BY subscriber"
+        for state, index, also, oldest in _BRANCHES
     )
+    + ") GROUP BY subscriber, state"
 )
 
 
