@@ -110,16 +110,17 @@ SET disabled_reason = excluded.disabled_reason, updated_at = excluded.updated_at
 # for the busy event loop to let go. A claim or finish of a hundred rows took a hundred such
 # waits; now it takes a handful, whatever its size.
 #
-# Due pending rows in queue order that no live claim holds (claims are in memory: see
-# relay.store.sqlite.held), walking the partial index 'deliveries_due' and stopping at :limit.
-# One row comes back: the claimed deliveries as JSON, each with its rank in queue order (a window
-# function: SQLite 3.25 or later), and what names its record's body (id, rid, received_at).
+# Due pending rows in due order that no live claim holds (claims are in memory: see
+# relay.store.sqlite.held), walking the partial indexes 'deliveries_fresh' and 'deliveries_retry'
+# and stopping at :limit. One row comes back: the claimed deliveries as JSON, each with its rank
+# in due order (a window function: SQLite 3.25 or later), and what names its record's body (id,
+# rid, received_at).
 # The held ids are a JSON array, made into a lookup table once per statement.
-# Due deliveries in due order: the fresh ones (never tried, due since they were queued) in
-# queue order from 'deliveries_fresh', the retries by due time from 'deliveries_retry', the
-# first :limit of each, merged. Queue order is a fresh delivery's due order (it is due from when
-# its record was stored), except after the wall clock went back or a replay: then a fresh one
-# can come a little ahead of its due order, never later than due.
+# The fresh ones (never tried, due since they were queued) come in queue order from
+# 'deliveries_fresh', the retries by due time from 'deliveries_retry', the first :limit of each,
+# merged. Queue order is a fresh delivery's due order (it is due from when its record was
+# stored), except after the wall clock went back, and for a replayed dead letter (it keeps its
+# place in the queue, due from the replay): those can come ahead of deliveries due before them.
 SQL_CLAIM = """
 SELECT json_group_array(
     json_array(due.rank, d.id, d.attempts, r.account, r.rid, r.id, r.received_at))
