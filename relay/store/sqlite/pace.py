@@ -1,5 +1,6 @@
 """The SQL of a subscriber's pace in the SQLite backend: the head of its queue, its saved
-circuit breaker and pause, and start-up due times (schema version 5, see ``sql.SCHEMA_V5``).
+circuit breaker and pause, and start-up due times (schema versions 5 and 7, see
+``sql.SCHEMA_V5`` and ``sql.SCHEMA_V7``).
 
 Like :mod:`relay.store.sqlite.sql`, every function takes the connection first, runs one
 transaction, and is called only from the thread that owns it: the writer's, except
