@@ -1,5 +1,6 @@
-"""Schema version 7 of the SQLite backend: a pending delivery is in one partial index (fresh in
-queue order, or a retry by due time), not two. A file of version 6 is upgraded and keeps its
+"""Schema versions 7 and 8 of the SQLite backend: a fresh pending delivery is in one partial
+index (queue order), a retry in two (due time, and queue order for the head of the queue); the
+two indexes that held every pending row are gone. A file of version 6 is upgraded and keeps its
 queue; a reader refuses a file no ``relay run`` has upgraded yet; and no statement on pending
 deliveries walks the whole table."""
 
@@ -26,6 +27,7 @@ from tests.store.builders import LEASE, T0, batch, opened, result
 V6_INDEXES = """
 DROP INDEX deliveries_fresh;
 DROP INDEX deliveries_retry;
+DROP INDEX deliveries_retry_queue;
 CREATE INDEX deliveries_due ON deliveries (subscriber, next_at) WHERE state = 'pending';
 CREATE INDEX deliveries_queue ON deliveries (subscriber, id) WHERE state = 'pending';
 PRAGMA user_version = 6;
@@ -66,7 +68,7 @@ async def test_a_version_6_file_is_upgraded_and_keeps_its_queue_and_retries(
         await store.finish([result(first.id, Outcome.DELIVERED)])
         assert [d.rid for d in await store.claim("crm", 10, T0 + 100, LEASE)] == [2]
     found = indexes(path)
-    assert {"deliveries_fresh", "deliveries_retry"} <= found
+    assert {"deliveries_fresh", "deliveries_retry", "deliveries_retry_queue"} <= found
     assert not {"deliveries_due", "deliveries_queue"} & found
     with contextlib.closing(sqlite3.connect(path)) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == len(sqlite_backend.MIGRATIONS)
@@ -108,9 +110,30 @@ async def test_every_pending_row_is_in_exactly_one_of_the_two_indexes(tmp_path: 
 
         fresh = ids("deliveries_fresh", "state = 'pending' AND attempts = 0")
         retry = ids("deliveries_retry", "state = 'pending' AND attempts > 0")
+        queued = ids("deliveries_retry_queue", "state = 'pending' AND attempts > 0")
         pending = {i for (i,) in conn.execute("SELECT id FROM deliveries WHERE state = 'pending'")}
-    assert fresh | retry == pending and not fresh & retry
+    assert fresh | retry == pending and not fresh & retry and queued == retry
     assert len(fresh) == 5 and retry == {claimed[1].id}
+
+
+async def test_the_head_is_the_oldest_retry_whatever_its_due_time(tmp_path: Path) -> None:
+    """Three retries due in the reverse of their queue order, behind them fresh deliveries: the
+    head is the oldest delivery of all, the first retry, though it is due last."""
+    path = tmp_path / "state.db"
+    async with opened(SqliteStore(str(path))) as store:
+        await store.ingest(batch([1, 2, 3, 4, 5], ("a",)))
+        first, second, third = await store.claim("a", 3, T0, LEASE)
+        await store.finish(
+            [
+                result(first.id, Outcome.RETRY, status=503, next_at=T0 + 300),
+                result(second.id, Outcome.RETRY, status=503, next_at=T0 + 200),
+                result(third.id, Outcome.RETRY, status=503, next_at=T0 + 100),
+            ]
+        )
+        assert await store.head_due("a") == T0 + 300
+        assert await store.claim_head("a", T0 + 299, LEASE) is None  # the head is not due
+        head = await store.claim_head("a", T0 + 300, LEASE)
+        assert head is not None and head.rid == 1
 
 
 # Every statement that reads pending deliveries by subscriber, with parameters of its shape.
@@ -145,6 +168,13 @@ async def test_no_statement_on_pending_deliveries_walks_the_whole_table(
 ) -> None:
     plan, full = await full_walks(tmp_path, *STATEMENTS[name])
     assert plan and not full, plan
+
+
+async def test_the_head_takes_one_step_in_each_queue_order(tmp_path: Path) -> None:
+    plan, _ = await full_walks(tmp_path, *STATEMENTS["head"])
+    assert any("deliveries_fresh" in line for line in plan), plan
+    assert any("deliveries_retry_queue" in line for line in plan), plan
+    assert not any(re.search(r"deliveries_retry\b(?!_)", line) for line in plan), plan
 
 
 async def test_the_plan_check_sees_a_walk_of_the_whole_table(tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
 """The SQL of a subscriber's pace in the SQLite backend: the head of its queue, its saved
-circuit breaker and pause, and start-up due times (schema versions 5 and 7, see
-``sql.SCHEMA_V5`` and ``sql.SCHEMA_V7``).
+circuit breaker and pause, and start-up due times (schema versions 5, 7 and 8, see
+``sql.SCHEMA_V5`` and those after it).
 
 Like :mod:`relay.store.sqlite.sql`, every function takes the connection first, runs one
 transaction, and is called only from the thread that owns it: the writer's, except
@@ -21,8 +21,8 @@ from relay.store.sqlite.held import Held
 
 # The head: the oldest pending delivery in queue order that no claim holds (the held ids, a
 # JSON array, are in memory: see relay.store.sqlite.held): the first unheld row of
-# 'deliveries_fresh' (one step, and one more per held row before it) or the oldest unheld retry
-# (a walk of the subscriber's retries, which are few), whichever is older.
+# 'deliveries_fresh' or of 'deliveries_retry_queue', whichever is older: one step in each, and
+# one more per held row before it.
 SQL_HEAD = """
 SELECT d.id, d.next_at, d.attempts, r.account, r.rid, r.id, r.received_at
 FROM deliveries AS d JOIN records AS r ON r.id = d.record_id
@@ -34,9 +34,11 @@ WHERE d.id = (
                 AND id NOT IN (SELECT value FROM json_each(?2))
             ORDER BY id LIMIT 1)
         UNION ALL
-        SELECT MIN(id) FROM deliveries INDEXED BY deliveries_retry
-        WHERE subscriber = ?1 AND state = 'pending' AND attempts > 0
-            AND id NOT IN (SELECT value FROM json_each(?2))))
+        SELECT id FROM (
+            SELECT id FROM deliveries INDEXED BY deliveries_retry_queue
+            WHERE subscriber = ?1 AND state = 'pending' AND attempts > 0
+                AND id NOT IN (SELECT value FROM json_each(?2))
+            ORDER BY id LIMIT 1)))
 """
 
 # Hops from one subscriber to the next in each pending index, then reads the first due time of

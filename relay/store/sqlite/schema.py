@@ -173,9 +173,18 @@ CREATE INDEX deliveries_retry ON deliveries (subscriber, next_at)
     WHERE state = 'pending' AND attempts > 0
 """
 
+# Version 8: the retries in queue order too, for the head of a queue (fifo, and an open
+# circuit's probe), which is the oldest of the first fresh row and the oldest retry: without it,
+# finding the oldest retry walked them all (1.4 ms with 10,000 retries, against 0.02 ms). Only
+# retries are in it, so deliveries that succeed the first time never touch it.
+SCHEMA_V8 = """
+CREATE INDEX deliveries_retry_queue ON deliveries (subscriber, id)
+    WHERE state = 'pending' AND attempts > 0
+"""
+
 # MIGRATIONS[n] takes a file from ``PRAGMA user_version`` n to n + 1. Append, never edit.
 MIGRATIONS: tuple[str, ...] = (
-    SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7,
+    SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7, SCHEMA_V8,
 )  # fmt: skip
 
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
