@@ -381,6 +381,67 @@ async def test_prune_runs_once_at_a_time_and_in_bounded_batches(
     assert (await fetch(f"SELECT count(*) FROM {store.target.schema}.attempts"))[0][0] == 0
 
 
+async def test_a_released_connection_is_not_reset_by_a_round_trip(pg_url: str) -> None:
+    # asyncpg's default reset (unlock_all, CLOSE ALL, UNLISTEN, RESET ALL) costs a round trip
+    # per store operation; the store's pool skips it, so the backend's last statement is the
+    # store's own.
+    store = PostgresStore(pg_url, instance_id="solo", max_connections=1)
+    await store.open()
+    try:
+        await store.load_cursor("acct")
+        rows = await fetch(
+            "SELECT query FROM pg_stat_activity WHERE application_name = $1",
+            store.target.application_name,
+        )
+        assert [r[0] for r in rows] == [pg_sql.LOAD_CURSOR]
+    finally:
+        await store.close()
+
+
+async def test_a_transaction_left_open_is_rolled_back_before_reuse(pg_url: str) -> None:
+    store = PostgresStore(pg_url, instance_id="solo", max_connections=1)
+    await store.open()
+    try:
+        async with store._conn("test") as conn:
+            await conn.execute("BEGIN")
+            await conn.execute(pg_sql.ADVANCE_CURSOR, "acct", "2024-01-01 00:00:00")
+        # The same (only) connection again: outside any transaction, the write gone.
+        async with store._conn("test") as conn:
+            assert not conn.is_in_transaction()
+        assert (await store.load_cursor("acct")).newest is None
+    finally:
+        await store.close()
+
+
+async def test_the_maintenance_lock_never_stays_with_a_pooled_connection(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = PostgresStore(pg_url, instance_id="solo", max_connections=1)
+    other = PostgresStore(pg_url, instance_id="other")
+    await store.open()
+    await other.open()
+    try:
+        with pytest.raises(RuntimeError):
+            async with store._maintenance("test") as conn:
+                assert conn is not None
+                raise RuntimeError("the body failed")
+        async with other._maintenance("check") as conn:
+            assert conn is not None  # released by its holder
+        # The release itself fails (here: bad SQL; in life, a cancelled await): the session
+        # that holds the lock is closed, so the lock goes with it.
+        monkeypatch.setattr(pg_sql, "END_MAINTENANCE", "SELECT no_such_function()")
+        with pytest.raises(StoreError, match="no_such_function"):
+            async with store._maintenance("test") as conn:
+                assert conn is not None
+        monkeypatch.undo()
+        async with other._maintenance("check") as conn:
+            assert conn is not None
+        assert await store.prune_delivered(500.0) == 0  # the pool made a new connection
+    finally:
+        await store.close()
+        await other.close()
+
+
 async def test_text_postgres_cannot_hold_is_saved_anyway(
     stores: Callable[[str], PostgresStore],
 ) -> None:

@@ -117,7 +117,13 @@ class RetentionMixin(PoolHost):
             try:
                 yield conn
             finally:
-                await conn.execute(q.END_MAINTENANCE)
+                try:
+                    await conn.execute(q.END_MAINTENANCE)
+                except BaseException:
+                    # The pool does not reset sessions: a lock not released here would stay
+                    # with the pooled connection. Closing the session ends it.
+                    conn.terminate()
+                    raise
 
     async def prune_delivered(self, before: float) -> int:
         """As the interface says, in bounded batches; and only one instance at a time prunes:
