@@ -1,9 +1,12 @@
 """Retention on the PostgreSQL backend: dead letters and quarantined records past their keep,
 and the deliveries of subscribers no longer configured (orphans).
 
-Deletes run in chunks of :data:`CHUNK` rows, each its own short transaction (autocommit), so
-no instance holds locks on many rows for long. The store runs them under its maintenance lock,
-one instance at a time (and a row deleted by one would simply not be found by another).
+Deletes run in chunks of :data:`CHUNK` rows, each its own short transaction, so no instance
+holds locks on many rows for long. The store runs them under its maintenance lock, one instance
+at a time (and a row deleted by one would simply not be found by another). Attempts have no
+foreign key (schema version 4): each chunk that deletes deliveries deletes their attempts next,
+in a second statement of its transaction (see ``relay.store.postgres.sql.FINISH`` for why that
+leaves none behind).
 """
 
 from __future__ import annotations
@@ -23,32 +26,31 @@ log = logging.getLogger(__name__)
 
 CHUNK = 2000
 
-# Each takes ($1 before, $2 chunk) and answers how many rows went. Attempts follow their
-# deliveries through ON DELETE CASCADE.
+# Each takes ($1 before, $2 chunk) and answers the ids of the rows that went.
 PRUNE_DEAD = """
 WITH doomed AS (
     SELECT id FROM deliveries WHERE state = 'dead' AND updated_at < $1 LIMIT $2
 ), gone AS (
-    DELETE FROM deliveries AS d USING doomed WHERE d.id = doomed.id RETURNING 1
+    DELETE FROM deliveries AS d USING doomed WHERE d.id = doomed.id RETURNING d.id
 )
-SELECT count(*) FROM gone
+SELECT COALESCE(array_agg(id), '{}') FROM gone
 """
 PRUNE_QUARANTINE = """
 WITH doomed AS (
     SELECT id FROM quarantine WHERE last_at < $1 LIMIT $2
 ), gone AS (
-    DELETE FROM quarantine AS q USING doomed WHERE q.id = doomed.id RETURNING 1
+    DELETE FROM quarantine AS q USING doomed WHERE q.id = doomed.id RETURNING q.id
 )
-SELECT count(*) FROM gone
+SELECT COALESCE(array_agg(id), '{}') FROM gone
 """
 PURGE_ORPHANS = """
 WITH doomed AS (
     SELECT d.id FROM deliveries AS d JOIN subscriber_state AS s ON s.subscriber = d.subscriber
     WHERE s.orphaned_at < $1 LIMIT $2
 ), gone AS (
-    DELETE FROM deliveries AS d USING doomed WHERE d.id = doomed.id RETURNING 1
+    DELETE FROM deliveries AS d USING doomed WHERE d.id = doomed.id RETURNING d.id
 )
-SELECT count(*) FROM gone
+SELECT COALESCE(array_agg(id), '{}') FROM gone
 """
 
 TOTALS = "SELECT subscriber, count(*) FROM deliveries GROUP BY subscriber"
@@ -75,13 +77,21 @@ WHERE orphaned_at IS NOT NULL AND NOT (subscriber = ANY($1::text[]))
 STAMPED = "SELECT subscriber, orphaned_at FROM subscriber_state WHERE orphaned_at IS NOT NULL"
 
 
-async def chunked(conn: PoolConnectionProxy[asyncpg.Record], sql: str, before: float) -> int:
-    """Run one of the chunked deletes until a chunk comes back short; returns the total."""
+async def chunked(
+    conn: PoolConnectionProxy[asyncpg.Record], sql: str, before: float, *, deliveries: bool
+) -> int:
+    """Run one of the chunked deletes until a chunk comes back short; returns the total.
+
+    With ``deliveries``, the rows are deliveries and each chunk's transaction deletes their
+    attempts after them."""
     total = 0
     while True:
-        done = int(await conn.fetchval(sql, before, CHUNK))
-        total += done
-        if done < CHUNK:
+        async with conn.transaction():
+            ids = await conn.fetchval(sql, before, CHUNK)
+            if deliveries and ids:
+                await conn.execute(q.DELETE_ATTEMPTS, ids)
+        total += len(ids)
+        if len(ids) < CHUNK:
             return total
 
 
@@ -131,10 +141,14 @@ class RetentionMixin(PoolHost):
         total, after = 0, (float("-inf"), 0)
         async with self._maintenance("prune delivered") as conn:
             while conn is not None:
-                # Autocommit per statement: every chunk is its own short transaction.
-                row = await conn.fetchrow(q.PRUNE_DELIVERED, before, *after, q.PRUNE_CHUNK)
-                assert row is not None
-                pruned, examined, last_at, last_id = row
+                # Every chunk is its own short transaction: the records (their deliveries
+                # follow by cascade), then the attempts of those deliveries.
+                async with conn.transaction():
+                    row = await conn.fetchrow(q.PRUNE_DELIVERED, before, *after, q.PRUNE_CHUNK)
+                    assert row is not None
+                    pruned, examined, last_at, last_id, gone = row
+                    if gone:
+                        await conn.execute(q.DELETE_ATTEMPTS, gone)
                 total += int(pruned)
                 if examined < q.PRUNE_CHUNK:
                     break
@@ -143,11 +157,15 @@ class RetentionMixin(PoolHost):
 
     async def prune_dead(self, before: float) -> int:
         async with self._maintenance("prune dead letters") as conn:
-            return 0 if conn is None else await chunked(conn, PRUNE_DEAD, before)
+            return 0 if conn is None else await chunked(conn, PRUNE_DEAD, before, deliveries=True)
 
     async def prune_quarantine(self, before: float) -> int:
         async with self._maintenance("prune quarantine") as conn:
-            return 0 if conn is None else await chunked(conn, PRUNE_QUARANTINE, before)
+            return (
+                0
+                if conn is None
+                else await chunked(conn, PRUNE_QUARANTINE, before, deliveries=False)
+            )
 
     async def find_orphans(self, configured: Sequence[str], now: float) -> list[Orphan]:
         async with self._tx("find orphans") as conn:
@@ -155,4 +173,6 @@ class RetentionMixin(PoolHost):
 
     async def purge_orphans(self, before: float) -> int:
         async with self._maintenance("purge orphans") as conn:
-            return 0 if conn is None else await chunked(conn, PURGE_ORPHANS, before)
+            return (
+                0 if conn is None else await chunked(conn, PURGE_ORPHANS, before, deliveries=True)
+            )

@@ -136,24 +136,37 @@ ORDER BY l.next_at, l.id
 # The attempt is history and is always kept (as on SQLite); the state changes only while the
 # claim that produced it still stands: 'delivered' is final, and a token that no longer matches
 # means the lease ran out and the delivery was claimed again (or recovered) since.
+# Attempts have no foreign key (schema version 4): an attempt is written only for a delivery
+# this statement holds locked, by its update or, where the claim no longer stands, by a key
+# share lock, so a delivery being deleted (whose deleter removes its attempts afterwards, see
+# relay.store.postgres.retention) is waited for and then skipped, never left with an attempt.
 _RESULTS = """
 unnest($1::bigint[], $2::float8[], $3::int[], $4::text[], $5::float8[], $6::text[], $7::text[],
        $8::float8[], $9::bigint[], $10::float8[])
     AS f(id, at, status, error, latency_ms, response, state, next_at, token, stamp)
 """
 FINISH = f"""
-WITH f AS (SELECT * FROM {_RESULTS}), logged AS (
-    INSERT INTO attempts (delivery_id, at, status, error, latency_ms, response)
-    SELECT d.id, f.at, f.status, f.error, f.latency_ms, f.response
-    FROM f JOIN deliveries AS d ON d.id = f.id
+WITH f AS (SELECT * FROM {_RESULTS}), applied AS (
+    UPDATE deliveries AS d
+    SET state = f.state, next_at = COALESCE(f.next_at, d.next_at), lease_until = NULL,
+        owner = NULL, token = NULL, attempts = d.attempts + 1, last_status = f.status,
+        last_error = f.error, updated_at = f.stamp
+    FROM f
+    WHERE d.id = f.id AND d.state <> 'delivered' AND (f.token IS NULL OR d.token = f.token)
+    RETURNING d.id
+), kept AS (
+    SELECT d.id FROM deliveries AS d
+    WHERE d.id = ANY(ARRAY(SELECT id FROM f EXCEPT ALL SELECT id FROM applied))
+    FOR KEY SHARE OF d
 )
-UPDATE deliveries AS d
-SET state = f.state, next_at = COALESCE(f.next_at, d.next_at), lease_until = NULL,
-    owner = NULL, token = NULL, attempts = d.attempts + 1, last_status = f.status,
-    last_error = f.error, updated_at = f.stamp
-FROM f
-WHERE d.id = f.id AND d.state <> 'delivered' AND (f.token IS NULL OR d.token = f.token)
+INSERT INTO attempts (delivery_id, at, status, error, latency_ms, response)
+SELECT f.id, f.at, f.status, f.error, f.latency_ms, f.response
+FROM f WHERE f.id IN (SELECT id FROM applied UNION ALL SELECT id FROM kept)
 """
+
+# What a delete of deliveries leaves to do, as its own statement after it (see FINISH): its
+# snapshot then sees every attempt committed by a finish that the delete waited for.
+DELETE_ATTEMPTS = "DELETE FROM attempts WHERE delivery_id = ANY($1::bigint[])"
 
 DISABLE_GONE = """
 INSERT INTO subscriber_state (subscriber, disabled_reason, updated_at)
@@ -220,7 +233,8 @@ RETURNING subscriber
 """
 
 # Examine the next PRUNE_CHUNK records received before the cutoff (keyset order) and delete
-# those whose every delivery is delivered; deliveries and attempts follow by ON DELETE CASCADE.
+# those whose every delivery is delivered; deliveries follow by ON DELETE CASCADE, and their
+# ids come back for DELETE_ATTEMPTS (a record's deliveries are all made at its ingest).
 PRUNE_DELIVERED = """
 WITH candidates AS (
     SELECT id, received_at FROM records
@@ -235,7 +249,9 @@ WITH candidates AS (
     SELECT received_at, id FROM candidates ORDER BY received_at DESC, id DESC LIMIT 1
 )
 SELECT (SELECT count(*) FROM pruned), (SELECT count(*) FROM candidates),
-       (SELECT received_at FROM last), (SELECT id FROM last)
+       (SELECT received_at FROM last), (SELECT id FROM last),
+       (SELECT COALESCE(array_agg(d.id), '{}') FROM deliveries AS d
+        WHERE d.record_id IN (SELECT id FROM pruned))
 """
 
 ACCOUNT_CURSORS = "SELECT account, newest, last_sweep FROM cursors"
