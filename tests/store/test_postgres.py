@@ -165,6 +165,34 @@ async def test_only_a_dead_instances_claims_are_recovered(
     assert not await one.heartbeat("one", T0 + 13, 10.0)
 
 
+async def test_recovery_reads_only_claimed_rows_without_an_owner_index(
+    stores: Callable[[str], PostgresStore],
+) -> None:
+    # Schema 5 dropped deliveries_owner and deliveries_done (no query read them); finding a
+    # dead instance's claims among many delivered rows still walks the claimed rows only.
+    store = stores("x")
+    await store.open()
+    schema = store.target.schema
+    indexes = await fetch("SELECT indexname FROM pg_indexes WHERE schemaname = $1", schema)
+    names = {row[0] for row in indexes}
+    assert "deliveries_leased" in names
+    assert not {"deliveries_owner", "deliveries_done"} & names
+    await store.ingest(batch(list(range(1, 2001)), ("a",)))
+    claimed = await store.claim("a", 1990, T0, LEASE)
+    await store.finish([result(d.id, Outcome.DELIVERED, token=d.token) for d in claimed])
+    await store.claim("a", 10, T0, 3_600.0)
+    conn = await asyncpg.connect(PG_DSN)
+    try:
+        await conn.execute(f"SET search_path TO {schema}; ANALYZE deliveries")
+        # EXPLAIN alone plans the update without running it.
+        rows = await conn.fetch("EXPLAIN " + pg_sql.RECOVER_CLAIMS, [store.instance_id])
+    finally:
+        await conn.close()
+    plan = "\n".join(row[0] for row in rows)
+    assert "deliveries_leased" in plan, plan
+    assert "Seq Scan on deliveries" not in plan, plan
+
+
 async def test_account_lease_is_taken_over_by_another_store_after_ttl(
     stores: Callable[[str], PostgresStore],
 ) -> None:
