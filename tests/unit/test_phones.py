@@ -76,6 +76,47 @@ def test_common_shapes_take_the_fast_path(
     assert fast == slow_parse(text, region)
 
 
+TEL_PARTS = st.sampled_from(
+    [
+        "tel:",
+        ";phone-context=",
+        "example.com",
+        "+1",
+        "\uff0b",
+        "+",
+        "1",
+        "555",
+        "-",
+        " ",
+        ";isub=",
+        "x",
+    ]
+)
+
+
+@settings(max_examples=800, deadline=None)
+@given(
+    st.one_of(
+        written_numbers(),
+        st.lists(TEL_PARTS, max_size=8).map("".join),
+        st.text(max_size=40),
+        st.tuples(st.text(max_size=8), written_numbers(), st.text(max_size=8)).map("".join),
+    )
+)
+def test_no_default_region_and_no_plus_sign_is_refused_as_phonenumbers_does(text: str) -> None:
+    # The shortcut for `phone_region: none`: no plus sign anywhere, no number. Whatever the
+    # text, parse_number answers what phonenumbers answers.
+    assert parse_number.__wrapped__(text, None) == slow_parse(text, None), text
+
+
+def test_no_default_region_examples() -> None:
+    for text in ("+1 (555) 017-7737", "\uff0b1 555 017 7737", "tel:017-7737;phone-context=+1555"):
+        assert parse_number.__wrapped__(text, None) == slow_parse(text, None) is not None, text
+    for text in ("(555) 017-7737", "1-555-017-7737", "tel:017-7737;phone-context=example.com"):
+        assert slow_parse(text, None) is None, text
+        assert parse_number.__wrapped__(text, None) is None, text
+
+
 def test_fast_path_examples() -> None:
     assert fast_parse("(111) 111-1111, x3203", "US") is UNHANDLED  # area code 111: phonenumbers
     assert fast_parse("(555) 010-1000, x7102", "US") == ("+15550101000", "7102")
