@@ -116,6 +116,20 @@ def store_error(target: Target, op: str, exc: BaseException) -> StoreError:
     return StoreError(f"PostgreSQL {target.where}: {op} failed: {detail}")
 
 
+async def keep_session(conn: asyncpg.Connection) -> None:
+    """What a released connection needs undone before its next use: nothing.
+
+    asyncpg's default sends ``pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`` on
+    every release: one more round trip per store operation, and the largest fixed cost of a
+    claim or a finish (PostgreSQL CPU per delivery 81 -> 76 us, the client's 73 -> 62 us, in
+    claims and finishes of 16). The store leaves nothing behind on a pooled connection: settings
+    are ``SET LOCAL`` or connection parameters, cursors live inside transactions, LISTEN has its
+    own connection, and the one session lock (maintenance) is released by its holder or ends
+    with the connection (see ``relay.store.postgres.retention``). A transaction left open is still
+    rolled back by the pool before this is called.
+    """
+
+
 class PoolHost:
     """What the store's mixins (pace, operator queries, shared state) need from the store that
     hosts them: where it lives, its instance id, and connections from its pool."""

@@ -78,18 +78,18 @@ STAMPED = "SELECT subscriber, orphaned_at FROM subscriber_state WHERE orphaned_a
 
 
 async def chunked(
-    conn: PoolConnectionProxy[asyncpg.Record], sql: str, before: float, *, deliveries: bool
+    conn: PoolConnectionProxy[asyncpg.Record], sql: str, before: float, then: str | None = None
 ) -> int:
     """Run one of the chunked deletes until a chunk comes back short; returns the total.
 
-    With ``deliveries``, the rows are deliveries and each chunk's transaction deletes their
-    attempts after them."""
+    ``then`` (``DELETE_ATTEMPTS`` after deliveries) runs on each chunk's ids as the second
+    statement of its transaction."""
     total = 0
     while True:
         async with conn.transaction():
             ids = await conn.fetchval(sql, before, CHUNK)
-            if deliveries and ids:
-                await conn.execute(q.DELETE_ATTEMPTS, ids)
+            if then is not None and ids:
+                await conn.execute(then, ids)
         total += len(ids)
         if len(ids) < CHUNK:
             return total
@@ -157,15 +157,11 @@ class RetentionMixin(PoolHost):
 
     async def prune_dead(self, before: float) -> int:
         async with self._maintenance("prune dead letters") as conn:
-            return 0 if conn is None else await chunked(conn, PRUNE_DEAD, before, deliveries=True)
+            return 0 if conn is None else await chunked(conn, PRUNE_DEAD, before, q.DELETE_ATTEMPTS)
 
     async def prune_quarantine(self, before: float) -> int:
         async with self._maintenance("prune quarantine") as conn:
-            return (
-                0
-                if conn is None
-                else await chunked(conn, PRUNE_QUARANTINE, before, deliveries=False)
-            )
+            return 0 if conn is None else await chunked(conn, PRUNE_QUARANTINE, before)
 
     async def find_orphans(self, configured: Sequence[str], now: float) -> list[Orphan]:
         async with self._tx("find orphans") as conn:
@@ -174,5 +170,5 @@ class RetentionMixin(PoolHost):
     async def purge_orphans(self, before: float) -> int:
         async with self._maintenance("purge orphans") as conn:
             return (
-                0 if conn is None else await chunked(conn, PURGE_ORPHANS, before, deliveries=True)
+                0 if conn is None else await chunked(conn, PURGE_ORPHANS, before, q.DELETE_ATTEMPTS)
             )

@@ -46,6 +46,7 @@ from relay.store.postgres.connect import (
     DRIVER_ERRORS,
     Conn,
     Target,
+    keep_session,
     parse_target,
     store_error,
 )
@@ -102,7 +103,7 @@ class PostgresStore(RetentionMixin, PaceMixin, SharedStateMixin, OperatorQueries
                 min_size=self._min,
                 max_size=self._max,
                 command_timeout=self._command_timeout,
-                reset=_keep_session,
+                reset=keep_session,
             )
         except DRIVER_ERRORS as exc:
             raise store_error(self.target, "open", exc) from exc
@@ -396,17 +397,3 @@ def _rowcount(status: str) -> int:
     """The row count of a command tag such as ``DELETE 42``."""
     tail = status.rsplit(" ", 1)[-1]
     return int(tail) if tail.isdigit() else 0
-
-
-async def _keep_session(conn: asyncpg.Connection) -> None:
-    """What a released connection needs undone before its next use: nothing.
-
-    asyncpg's default sends ``pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`` on
-    every release: one more round trip per store operation, and the largest fixed cost of a
-    claim or a finish (PostgreSQL CPU per delivery 81 -> 76 us, the client's 73 -> 62 us, in
-    claims and finishes of 16). The store leaves nothing behind on a pooled connection: settings
-    are ``SET LOCAL`` or connection parameters, cursors live inside transactions, LISTEN has its
-    own connection, and the one session lock (maintenance) is released by its holder or ends
-    with the connection (see ``RetentionMixin._maintenance``). A transaction left open is still
-    rolled back by the pool before this is called.
-    """
