@@ -11,6 +11,7 @@ import sys
 import psutil
 import yaml
 
+from bench import procs
 from bench.ctx import Ctx, Row, drop_state, fmt
 from bench.plan import relay_settings
 from bench.polling import idle_key
@@ -51,7 +52,7 @@ async def many_idle(ctx: Ctx, upstream: str, receiver: str) -> None:
                     log.write(line)
                     if b"relay running" in line:
                         break
-                drain = asyncio.ensure_future(_copy(proc.stderr, log))
+                drain = asyncio.ensure_future(procs.copy_stream(proc.stderr, log))
                 ps = psutil.Process(proc.pid)
                 await asyncio.sleep(WARMUP)
                 t0 = ps.cpu_times()
@@ -87,8 +88,3 @@ async def many_idle(ctx: Ctx, upstream: str, receiver: str) -> None:
         "new, CPU measured from outside the process (psutil) after start-up. Before the "
         "event-driven scheduler this cost 19 s of CPU in 30 s (issue 8 #12).",
     )
-
-
-async def _copy(stream: asyncio.StreamReader, log: object) -> None:
-    while line := await stream.readline():
-        log.write(line)  # type: ignore[attr-defined]
