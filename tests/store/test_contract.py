@@ -15,6 +15,7 @@ import pytest
 from relay.core.budget import Charge
 from relay.core.errors import StoreError
 from relay.core.models import AccountCursor, CallRecord, Finished, IngestBatch, Outcome, Quarantined
+from relay.core.window import RID_MAX
 from relay.store import Store
 from tests.helpers import GENEROUS
 from tests.store.builders import LEASE, NOW, T0, batch, opened, rec, result, ts
@@ -42,6 +43,20 @@ async def test_ingest_skips_known_and_repeated_rids(store: Store) -> None:
     # De-dup is per account.
     other = await store.ingest(batch([1], account="other"))
     assert other.new_rids == [1]
+
+
+async def test_known_rids_are_found_in_a_batch_of_any_size_and_rid(store: Store) -> None:
+    # More rids than one statement's parameters once held, known ones spread through the
+    # batch, and rids at the edges of what JSON numbers and 64 bits carry.
+    edges = [RID_MAX, RID_MAX - 1, 2**53 + 1, 2**53, 2**31, 0]
+    known = [*edges[::2], *range(10, 2_510, 2)]
+    await store.ingest(IngestBatch("acct", [rec(r, ts(0)) for r in known], ["a"], T0, None))
+    everyone = [*edges, *range(10, 2_510)]
+    again = await store.ingest(
+        IngestBatch("acct", [rec(r, ts(0)) for r in everyone], ["a"], T0, None)
+    )
+    assert again.new_rids == [r for r in everyone if r not in set(known)]
+    assert again.duplicates == len(known)
 
 
 async def test_first_occurrence_in_a_batch_wins(store: Store) -> None:
