@@ -13,8 +13,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from relay.core.errors import StoreError, StoreFull
 from relay.core.models import CallRecord, IngestBatch
 from relay.core.window import RID_MAX
+from relay.store.sqlite.ingest import UNCHECKED_FAN_OUT
 from relay.store.sqlite.store import SqliteStore
 from tests.store.builders import T0, opened, ts
 
@@ -73,3 +75,67 @@ async def test_a_large_batch_and_a_second_one_keep_their_ids_and_bodies(tmp_path
         (n, r.rid, r.body) for n, r in enumerate(first + second, start=1)
     ]
     assert [(d.rid, d.body) for d in claimed] == [(r.rid, r.body) for r in first + second]
+
+
+# -- a large fan-out skips the per-row foreign-key check (relay.store.sqlite.ingest) ------------
+
+
+def foreign_keys(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA foreign_keys").fetchone()[0])
+
+
+def fan_out_rows(n: int, subscribers: list[str], first_rid: int = 1) -> IngestBatch:
+    records = [
+        CallRecord(rid, ts(rid % 60), b"%d" % rid) for rid in range(first_rid, first_rid + n)
+    ]
+    return IngestBatch("acct", records, subscribers, T0, None)
+
+
+async def test_a_large_fan_out_points_every_delivery_at_its_record_and_checks_again_after(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "state.db"
+    subscribers = ["a", "b"]
+    n = UNCHECKED_FAN_OUT // len(subscribers)  # exactly large enough to skip the check
+    async with opened(SqliteStore(str(path))) as store:
+        await store.ingest(fan_out_rows(3, subscribers))  # small: checked as always
+        await store.ingest(fan_out_rows(n, subscribers, first_rid=10))
+        assert await store._run("pragma", foreign_keys) == 1
+        orphans = await store._run(
+            "check", lambda c: c.execute("PRAGMA foreign_key_check").fetchall()
+        )
+        assert orphans == []
+        # The check is on again: a record's deletion takes its deliveries with it (retention's
+        # cascade), and a delivery of no record is refused.
+        await store._run("delete", lambda c: c.execute("DELETE FROM records WHERE rid < 110"))
+        with pytest.raises(StoreError, match="FOREIGN KEY constraint failed"):
+            await store._run(
+                "orphan",
+                lambda c: c.execute(
+                    "INSERT INTO deliveries (record_id, subscriber, state, next_at, updated_at) "
+                    "VALUES (999999, 'a', 'pending', 0, 0)"
+                ),
+            )
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        joined = "SELECT count(*) FROM deliveries d JOIN records r ON r.id = d.record_id"
+        total = "SELECT count(*) FROM deliveries"
+        assert (
+            conn.execute(joined).fetchone()
+            == conn.execute(total).fetchone()
+            == ((n + 3 - 103) * len(subscribers),)
+        )
+
+
+async def test_a_large_fan_out_that_fails_stores_nothing_and_checks_again_after(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "state.db"
+    async with opened(SqliteStore(str(path))) as store:
+        await store.ingest(fan_out_rows(3, ["a"]))
+        # A full disk half-way (the file capped at its size: SQLITE_FULL, as from ENOSPC).
+        await store._run("cap", lambda c: c.execute("PRAGMA max_page_count = 1"))
+        with pytest.raises(StoreFull):
+            await store.ingest(fan_out_rows(UNCHECKED_FAN_OUT, ["a"], first_rid=10))
+        assert await store._run("pragma", foreign_keys) == 1
+        await store._run("uncap", lambda c: c.execute("PRAGMA max_page_count = 1073741823"))
+    assert [rid for _, _, rid, *_ in stored(path)] == [1, 2, 3]

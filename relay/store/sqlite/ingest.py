@@ -42,10 +42,32 @@ def load_cursors(conn: sqlite3.Connection, accounts: Sequence[str]) -> dict[str,
     return {a: found.get(a, NO_CURSOR) for a in accounts}
 
 
+# A fan-out of this many rows or more skips SQLite's foreign-key check on each delivery row (a
+# lookup of its record: ~18 % of the fan-out's CPU, 1.94 -> 1.60 us a row). Every delivery of an
+# ingest points at a record the same transaction inserted (its id is assigned here), so the
+# check could only pass. The pragma is a no-op inside a transaction, and switching it makes the
+# connection's prepared statements prepare again (a few us each), hence only for large batches.
+# It is on again before ingest returns, whatever happened: retention's ON DELETE CASCADE needs it.
+UNCHECKED_FAN_OUT = 10_000
+
+
 def ingest(conn: sqlite3.Connection, batch: IngestBatch) -> IngestResult:
     first: dict[int, CallRecord] = {}
     for record in batch.records:
         first.setdefault(record.rid, record)  # the first occurrence in the batch wins
+    large = len(first) * len(set(batch.subscribers)) >= UNCHECKED_FAN_OUT
+    if large:
+        conn.execute("PRAGMA foreign_keys = OFF")
+    try:
+        return _ingest(conn, batch, first)
+    finally:
+        if large:
+            conn.execute("PRAGMA foreign_keys = ON")
+
+
+def _ingest(
+    conn: sqlite3.Connection, batch: IngestBatch, first: dict[int, CallRecord]
+) -> IngestResult:
     with _transaction(conn):
         known = _known_rids(conn, batch.account, list(first))
         new = [record for rid, record in first.items() if rid not in known]
