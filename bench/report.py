@@ -12,6 +12,7 @@ from importlib import metadata
 import psutil
 
 from bench.ctx import Ctx, Row
+from bench.plan import Sizes
 
 SECTIONS = (
     ("throughput", "1. Delivery throughput"),
@@ -161,7 +162,7 @@ def summary_md(ctx: Ctx, info: dict[str, str]) -> str:
         "",
         f"Measured by `python -m bench` on {info['CPU']} (loopback, receivers in their own "
         "processes, each figure the median of "
-        f"{ctx.sizes.reps}–{max(ctx.sizes.throughput_reps, ctx.sizes.isolation_reps)} runs beside "
+        f"{ctx.sizes.reps}–{_most_reps(ctx.sizes)} runs beside "
         "its baseline). Details and method: "
         "[docs/BENCHMARKS.md](docs/BENCHMARKS.md).",
         "",
@@ -173,3 +174,8 @@ def summary_md(ctx: Ctx, info: dict[str, str]) -> str:
     if "sweep" in ctx.data.get("plots", {}):
         lines += ["![Throughput vs concurrency](docs/throughput_vs_concurrency.png)", ""]
     return "\n".join(lines)
+
+
+def _most_reps(sz: Sizes) -> int:
+    """The most runs any figure is the median of."""
+    return max(sz.reps, sz.throughput_reps, sz.isolation_reps, sz.format_reps, sz.e2e_reps)
