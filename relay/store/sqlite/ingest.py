@@ -55,7 +55,8 @@ def ingest(conn: sqlite3.Connection, batch: IngestBatch) -> IngestResult:
     first: dict[int, CallRecord] = {}
     for record in batch.records:
         first.setdefault(record.rid, record)  # the first occurrence in the batch wins
-    large = len(first) * len(set(batch.subscribers)) >= UNCHECKED_FAN_OUT
+    fan_out = 0 if batch.seed_only else len(first) * len(set(batch.subscribers))
+    large = fan_out >= UNCHECKED_FAN_OUT  # a seed-only batch queues nothing: nothing to skip
     if large:
         conn.execute("PRAGMA foreign_keys = OFF")
     try:
