@@ -83,6 +83,9 @@ async def run_relay(
 
 
 FIRST_POLLS_WITHIN = 600.0  # the second freeze waits this long at most for the first polls
+# Allocations (less deallocations) between two collections of the youngest generation once the
+# relay runs; CPython's default is 700. See freeze_gc.
+YOUNG_GENERATION = 20_000
 
 
 def freeze_gc(
@@ -99,6 +102,14 @@ def freeze_gc(
     not wait for ever: accounts that never succeed (a rejected key, an upstream down, an
     account another instance polls) would hold it back with everything else, so it comes
     ``first_polls_within`` seconds after the first at the latest, with whatever polled by then.
+
+    With the first freeze, the youngest generation is collected after ``YOUNG_GENERATION``
+    allocations instead of 700: every delivery allocates a few dozen objects that live until its
+    result is written (its claim, its body, its outcome), and at 700 a collection came every few
+    dozen deliveries to walk them, collecting nothing (measured in (10), 20,000 deliveries: ~55
+    collections and 13-27 ms after start-up, now one and under 1 ms). Only cycles wait longer to
+    be freed; everything else is freed when its last reference goes, as always. The older
+    generations keep their thresholds (they count collections of the one below).
     Returns the task doing it (for tests; it owns nothing else)."""
     task = asyncio.get_running_loop().create_task(
         _freeze_when_running(supervisor, first_polls_within)
@@ -115,6 +126,7 @@ async def _freeze_when_running(supervisor: Supervisor, first_polls_within: float
     await supervisor.started.wait()
     gc.collect()  # what is garbage now is not frozen with the rest
     gc.freeze()
+    gc.set_threshold(YOUNG_GENERATION, *gc.get_threshold()[1:])
     try:
         async with asyncio.timeout(first_polls_within):
             await supervisor.polled_once.wait()

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import pytest
 
-from relay.runtime.runner import freeze_gc
+from relay.runtime.runner import YOUNG_GENERATION, freeze_gc
 from relay.sim.simulator import SimulatedWebFones
 from relay.store.sqlite.store import SqliteStore
 from tests.helpers import GENEROUS, KEY_A, make_settings
@@ -45,10 +45,13 @@ def fake_supervisor() -> Any:
 
 @pytest.fixture(autouse=True)
 def unfrozen() -> Iterator[None]:
-    """Each test starts and ends with nothing frozen (what it froze is collectable again)."""
+    """Each test starts and ends with nothing frozen (what it froze is collectable again) and
+    with the collector's thresholds as they were."""
+    thresholds = gc.get_threshold()
     gc.unfreeze()
     yield
     gc.unfreeze()
+    gc.set_threshold(*thresholds)
 
 
 async def test_start_up_objects_are_frozen_once_the_relay_runs() -> None:
@@ -63,6 +66,20 @@ async def test_start_up_objects_are_frozen_once_the_relay_runs() -> None:
     assert frozen(settings)
     supervisor.polled_once.set()
     await asyncio.wait_for(task, GENEROUS)
+
+
+async def test_the_young_generation_is_collected_less_often_once_the_relay_runs() -> None:
+    gc.set_threshold(700, 10, 10)  # CPython's defaults
+    supervisor = fake_supervisor()
+    task = freeze_gc(supervisor)
+    await asyncio.sleep(0)
+    assert gc.get_threshold() == (700, 10, 10), "nothing changes before the relay runs"
+    supervisor.started.set()
+    await asyncio.wait_for(supervisor.polled_once.awaited.wait(), GENEROUS)
+    assert gc.get_threshold() == (YOUNG_GENERATION, 10, 10)
+    supervisor.polled_once.set()
+    await asyncio.wait_for(task, GENEROUS)
+    assert gc.get_threshold() == (YOUNG_GENERATION, 10, 10)
 
 
 async def test_what_the_first_polls_made_is_frozen_once_every_account_polled(
