@@ -32,11 +32,11 @@ from bench import procs
 from bench.ctx import Ctx, Row, drop_state, fmt
 from bench.delivery import UPSTREAM_KEY
 from bench.plan import ACCOUNT, relay_settings
-from bench.polling import steady, upstream_ts
+from bench.polling import steady, upstream_ts, wait_for_poll
 from bench.stats import percentile, summarize
 from bench.worker import record_chunks
 from relay.core.models import IngestBatch
-from relay.sim.simulator import SimulatedWebFones
+from relay.sim.simulator import SimulatedWebFones, key_id
 from relay.store.base import Store
 from relay.store.sqlite.store import SqliteStore
 
@@ -196,9 +196,22 @@ async def deliver_rate(ctx: Ctx, upstream: str, rx: procs.Child, n: int, pg: boo
     return Run(total / (t1 - t0), 1e6 * relay_cpu / total, 1e6 * pg_cpu / total, ingest)
 
 
-async def latency(ctx: Ctx, sim: SimulatedWebFones, upstream: str, label: str, n: int) -> float:
-    """p50 and p99 (ms) from a record becoming visible upstream to its arrival, ``n``
-    instances (``label`` sqlite: one on a SQLite file); returns p50, adds the row."""
+@dataclass
+class Latency:
+    """One latency run, in ms: from a record becoming visible upstream to its first arrival
+    (``p50``, ``p99``); the part of it after the upstream saw the next poll (``beyond50``: the
+    relay's own work, the same for every phase of the producer against the polls); that wait
+    alone (``wait50``: what a relay with zero processing would get)."""
+
+    p50: float
+    p99: float
+    beyond50: float
+    wait50: float
+
+
+async def latency(ctx: Ctx, sim: SimulatedWebFones, upstream: str, label: str, n: int) -> Latency:
+    """One latency run of ``n`` instances (``label`` sqlite: one on a SQLite file); adds its
+    row."""
     schema = f"relay_bench_{uuid.uuid4().hex[:10]}"
     state = ctx.state("cluster-latency") if label == "sqlite" else _url(schema)
     key = latency_key(label)
@@ -248,22 +261,32 @@ async def latency(ctx: Ctx, sim: SimulatedWebFones, upstream: str, label: str, n
         arrivals: dict[int, float] = {}
         for _, rid, t in await procs.http_json("GET", f"{urls[0]}/_dump"):
             arrivals.setdefault(rid, t)
-    lat = sorted((arrivals[r] - sim.visible_at[r]) * 1000 for r in rids if r in arrivals)
+    polls = sorted(e.at for e in sim.request_log if e.key == key_id(key))
+    got = [r for r in rids if r in arrivals]
+    lat = sorted((arrivals[r] - sim.visible_at[r]) * 1000 for r in got)
+    waits = [wait_for_poll(polls, sim.visible_at[r]) * 1000 for r in got]
+    # A record that arrived was seen by a poll at or after it became visible: no NaN here.
+    beyond = sorted(
+        (arrivals[r] - sim.visible_at[r]) * 1000 - w for r, w in zip(got, waits, strict=True)
+    )
     if len(lat) < len(rids):
         ctx.note(SEC, f"latency {label}: {len(lat)} of {len(rids)} arrived")
-    p50, p99 = percentile(lat, 50), percentile(lat, 99)
+    run = Latency(
+        percentile(lat, 50), percentile(lat, 99), percentile(beyond, 50), percentile(waits, 50)
+    )
     name = "SQLite, 1 instance" if label == "sqlite" else f"PostgreSQL, {n} instance(s)"
     ctx.add(
         SEC,
         Row(
             f"latency p50 / p99, {name}, poll every {LATENCY_POLL:g}s",
             "informational",
-            f"{p50:,.0f} / {p99:,.0f} ms",
-            f"{len(lat)} records",
+            f"{run.p50:,.0f} / {run.p99:,.0f} ms",
+            f"{len(lat)} records; p50 after the next poll {run.beyond50:,.0f} ms, "
+            f"of the wait for it {run.wait50:,.0f} ms",
             None,
         ),
     )
-    return p50
+    return run
 
 
 async def postgres(ctx: Ctx, sim: SimulatedWebFones, upstream: str) -> None:
@@ -331,15 +354,20 @@ async def postgres(ctx: Ctx, sim: SimulatedWebFones, upstream: str) -> None:
     )
     base = await latency(ctx, sim, upstream, "sqlite", 1)
     await latency(ctx, sim, upstream, "pg1", 1)
-    p50 = await latency(ctx, sim, upstream, "pg3", 3)
+    three_lat = await latency(ctx, sim, upstream, "pg3", 3)
+    # The relay's own part of the latency, compared: the raw p50 of one run also carries where
+    # the producer's grid fell against the polls (a 100 ms grid against 1 s polls locks, and
+    # one record in ten lands on either side of a poll: ~405 or ~505 ms from run to run).
+    added = three_lat.beyond50 - base.beyond50
     ctx.add(
         SEC,
         Row(
-            "latency p50, PostgreSQL ×3 minus SQLite ×1",
+            "latency p50 after the next poll, PostgreSQL ×3 minus SQLite ×1",
             "≤ 100 ms",
-            f"{p50 - base:,.0f} ms",
-            f"SQLite p50 {base:,.0f} ms",
-            ctx.check(p50 - base <= 100),
+            f"{added:,.0f} ms",
+            f"after the next poll: SQLite {base.beyond50:,.0f} ms, ×3 {three_lat.beyond50:,.0f} "
+            f"ms; whole p50 {base.p50:,.0f} and {three_lat.p50:,.0f} ms",
+            ctx.check(added <= 100),
         ),
     )
     ctx.note(

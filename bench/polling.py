@@ -122,7 +122,7 @@ async def latency(ctx: Ctx, sim: SimulatedWebFones, upstream: str) -> None:
             if len(lat) < len(rids) * len(urls):
                 ctx.note("latency", f"run {rep + 1}: {len(lat)} of {len(rids) * len(urls)} arrived")
             polls = sorted(e.at for e in sim.request_log if e.key == key_id(key))
-            floor = sorted(_wait_for_poll(polls, sim.visible_at[r]) * 1000 for r in rids)
+            floor = sorted(wait_for_poll(polls, sim.visible_at[r]) * 1000 for r in rids)
             p50s.append(percentile(lat, 50))
             p99s.append(percentile(lat, 99))
             floor50.append(percentile(floor, 50))
@@ -158,7 +158,8 @@ async def latency(ctx: Ctx, sim: SimulatedWebFones, upstream: str) -> None:
     )
 
 
-def _wait_for_poll(polls: list[float], visible: float) -> float:
+def wait_for_poll(polls: list[float], visible: float) -> float:
+    """From ``visible`` to the first of the (sorted) ``polls`` at or after it."""
     i = bisect.bisect_left(polls, visible)
     return polls[i] - visible if i < len(polls) else float("nan")
 
