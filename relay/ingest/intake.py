@@ -100,24 +100,48 @@ class Intake:
     async def _ingest_stream(self, poll: PollState, body: StreamedBody) -> str | None:
         """Store a large response batch by batch; the last batch moves the cursor (returned).
 
+        A batch is stored while the next one is parsed: the store's work on its own thread
+        (SQLite's, without the GIL) overlaps the event loop's parsing, validation and envelopes,
+        which took a quarter of a catch-up's time between one batch's transaction and the next.
+        Batches are still stored one at a time and in order: the next waits for the one before
+        (whose failure stops the catch-up there, before anything after it is stored), and
+        whatever ends the stream early waits for the batch being stored (a cancel cancels it, as
+        it would a store call awaited in place).
+
         StreamAbandoned (before the batch concerned is stored) when a rid repeats in the
         response: which copy is kept or quarantined is decided by comparing the records, which
         only the whole-body path still has.
         """
         batch = Batch()
-        for raw in body.batches(SLICE_RECORDS):
-            self._prepare(poll, raw, batch, streamed=True)
-            # The parser holds this list until it makes the next one: emptied now, the records
-            # as objects are gone while the batch is stored.
-            raw.clear()
-            if len(batch.records) >= BATCH_RECORDS:
-                check_repeats(poll, batch)
-                await self._commit(poll, batch, None)
-                batch = Batch()
-            else:
-                # A slice takes tens of milliseconds: let claims, POSTs and results run between
-                # slices instead of after the whole batch (about a second of 10,000 records).
+        storing: asyncio.Task[None] | None = None
+        try:
+            for raw in body.batches(SLICE_RECORDS):
+                self._prepare(poll, raw, batch, streamed=True)
+                # The parser holds this list until it makes the next one: emptied now, the
+                # records as objects are gone while the batch is stored.
+                raw.clear()
+                if len(batch.records) >= BATCH_RECORDS:
+                    if storing is not None:
+                        task, storing = storing, None
+                        await task  # one batch at a time, in order
+                    check_repeats(poll, batch)
+                    storing = asyncio.ensure_future(self._commit(poll, batch, None))
+                    batch = Batch()
+                # A slice takes tens of milliseconds: let claims, POSTs, results and the store
+                # call's hand-over run between slices instead of after the whole batch.
                 await asyncio.sleep(0)
+            if storing is not None:
+                task, storing = storing, None
+                await task
+        except asyncio.CancelledError:
+            if storing is not None:
+                storing.cancel()
+                storing.add_done_callback(_retrieve)
+            raise
+        except BaseException:
+            if storing is not None:
+                await storing  # stored before anything else is; its own failure wins
+            raise
         assert body.result is not None  # batches() sets it when it ends
         return await self._ingest_last(poll, body.result, batch, streamed=True)
 
@@ -220,3 +244,10 @@ class Intake:
         warn_odd_stamps(self.name, outcome.new_rids, batch.records, poll.plan.since, limit)
         if self._subscribers:
             self._notify(self._subscribers)
+
+
+def _retrieve(task: asyncio.Task[None]) -> None:
+    """Take a cancelled store task's outcome, so that an error it ended with before the cancel
+    reached it is not reported as never retrieved (the poll that started it failed already)."""
+    if not task.cancelled():
+        task.exception()

@@ -10,6 +10,7 @@ batch, and nothing lost when a response breaks half-way.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import json
@@ -26,7 +27,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from relay.core.errors import MalformedResponse
+from relay.core.errors import MalformedResponse, StoreFull
 from relay.core.models import IngestBatch, IngestResult
 from relay.http1.client import Http1Client
 from relay.ingest import body as parsing
@@ -484,6 +485,76 @@ async def test_a_large_response_is_stored_in_batches_and_the_cursor_moves_once(
     before = len(rig.batches)
     assert await rig.poller.poll_once() == 0
     assert rig.cursor_moves(before)[:-1] == [None] * (len(rig.batches) - before - 1)
+    assert rig.queued() == sorted((r["rid"], s) for r in made for s in SUBSCRIBERS)
+
+
+async def test_a_batch_is_stored_while_the_next_is_parsed_one_transaction_at_a_time(
+    make_rig: RigFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rig = await make_rig()
+    made = add_records(rig.sim)
+    slices = 0
+    next_batch_parsed = asyncio.Event()
+    prepare = intake.Intake._prepare
+
+    def counting(self: intake.Intake, *args: Any, **kwargs: Any) -> None:
+        nonlocal slices
+        prepare(self, *args, **kwargs)
+        slices += 1
+        if slices > BATCH // SLICE:  # a slice of the second batch
+            next_batch_parsed.set()
+
+    monkeypatch.setattr(intake.Intake, "_prepare", counting)
+    committed = rig.store.ingest
+    storing = 0
+    first_rids: list[int] = []
+
+    async def held(batch: IngestBatch) -> IngestResult:
+        nonlocal storing
+        assert storing == 0, "two transactions of one catch-up at once"
+        storing += 1
+        try:
+            if not first_rids:
+                # The first batch is not done until the second is being parsed: with the
+                # batches stored one after the other, this would time out.
+                await asyncio.wait_for(next_batch_parsed.wait(), GENEROUS)
+            first_rids.append(batch.records[0].rid)
+            return await committed(batch)
+        finally:
+            storing -= 1
+
+    rig.store.ingest = held  # type: ignore[method-assign]
+    assert await rig.poller.poll_once() == N
+    by_rid = [r["rid"] for r in made]
+    assert first_rids == [by_rid[i * BATCH] for i in range(EARLY + 1)]  # in response order
+    assert rig.cursor_moves() == [None] * EARLY + [newest(made)]
+    assert rig.stored_rids() == sorted(by_rid)
+
+
+async def test_a_store_failure_half_way_stores_nothing_after_it_and_keeps_the_cursor(
+    make_rig: RigFactory,
+) -> None:
+    rig = await make_rig()
+    made = add_records(rig.sim)
+    committed = rig.store.ingest
+    calls = 0
+
+    async def failing_second(batch: IngestBatch) -> IngestResult:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise StoreFull("disk full")
+        return await committed(batch)
+
+    rig.store.ingest = failing_second  # type: ignore[method-assign]
+    with pytest.raises(StoreFull):
+        await rig.poller.poll_once()
+    assert calls == 2, "no batch after the failed one was stored"
+    assert rig.stored_rids() == sorted(r["rid"] for r in made[:BATCH])
+    assert await rig.cursor() is None
+    # The store recovers: the same window is read again and completes.
+    assert await rig.poller.poll_once() == N - BATCH
+    assert await rig.cursor() == newest(made)
     assert rig.queued() == sorted((r["rid"], s) for r in made for s in SUBSCRIBERS)
 
 
