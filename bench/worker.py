@@ -442,7 +442,9 @@ JOBS = {
 
 def main() -> int:
     job = orjson.loads(sys.argv[1])
-    from relay.runtime.runner import loop_factory
+    from relay.runtime.runner import loop_factory, tune_interpreter
+
+    tune_interpreter()  # what `relay run` does, for the relay and its baselines alike
 
     profile = job.get("profile")
     with asyncio.Runner(loop_factory=loop_factory()) as runner:

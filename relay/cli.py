@@ -221,7 +221,15 @@ def _explain(settings: Settings, last: int) -> int:
 
 
 def _run(settings: Settings, args: argparse.Namespace) -> int:
-    from relay.runtime.runner import freeze_gc, install_signal_handlers, loop_factory, run_relay
+    from relay.runtime.runner import (
+        freeze_gc,
+        install_signal_handlers,
+        loop_factory,
+        run_relay,
+        tune_interpreter,
+    )
+
+    tune_interpreter()
 
     setup_logging(
         args.log_level or settings.log.level,

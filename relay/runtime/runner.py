@@ -10,6 +10,7 @@ import gc
 import logging
 import resource
 import signal
+import sys
 from collections.abc import AsyncIterator, Callable
 
 from relay.config.schema import Settings, load_settings
@@ -83,9 +84,33 @@ async def run_relay(
 
 
 FIRST_POLLS_WITHIN = 600.0  # the second freeze waits this long at most for the first polls
-# Allocations (less deallocations) between two collections of the youngest generation once the
-# relay runs; CPython's default is 700. See freeze_gc.
+# Allocations (less deallocations) between two collections of the youngest generation; CPython's
+# default is 700. See tune_interpreter.
 YOUNG_GENERATION = 20_000
+# Seconds a thread waiting for the GIL waits before it asks the holder to let go; CPython's
+# default is 0.005. See tune_interpreter.
+SWITCH_INTERVAL = 0.001
+
+
+def tune_interpreter() -> None:
+    """The interpreter settings of a relay process: ``relay run`` applies them before it starts,
+    and the benchmark's worker processes (relay and baseline alike) do the same.
+
+    - The youngest GC generation is collected after ``YOUNG_GENERATION`` allocations instead
+      of 700: every delivery allocates a few dozen objects that live until its result is
+      written (its claim, its body, its outcome), and at 700 a collection came every few dozen
+      deliveries to walk them, collecting nothing (measured in (10), 20,000 deliveries: ~55
+      collections and 13-27 ms after start-up, then one and under 1 ms). Only cycles wait longer
+      to be freed; everything else is freed when its last reference goes, as always. The older
+      generations keep their thresholds (they count collections of the one below).
+    - The GIL switch interval is ``SWITCH_INTERVAL`` instead of 5 ms. The store's threads hand
+      each SQLite statement over without the GIL and need it back when the statement returns;
+      a busy event loop (uvloop does its socket work holding the GIL) keeps it until the switch
+      interval runs out, so every statement of a claim, a result batch or an ingest waited up to
+      5 ms behind it. A forced switch costs microseconds; at most a thousand a second happen.
+    """
+    gc.set_threshold(YOUNG_GENERATION, *gc.get_threshold()[1:])
+    sys.setswitchinterval(SWITCH_INTERVAL)
 
 
 def freeze_gc(
@@ -103,13 +128,6 @@ def freeze_gc(
     account another instance polls) would hold it back with everything else, so it comes
     ``first_polls_within`` seconds after the first at the latest, with whatever polled by then.
 
-    With the first freeze, the youngest generation is collected after ``YOUNG_GENERATION``
-    allocations instead of 700: every delivery allocates a few dozen objects that live until its
-    result is written (its claim, its body, its outcome), and at 700 a collection came every few
-    dozen deliveries to walk them, collecting nothing (measured in (10), 20,000 deliveries: ~55
-    collections and 13-27 ms after start-up, now one and under 1 ms). Only cycles wait longer to
-    be freed; everything else is freed when its last reference goes, as always. The older
-    generations keep their thresholds (they count collections of the one below).
     Returns the task doing it (for tests; it owns nothing else)."""
     task = asyncio.get_running_loop().create_task(
         _freeze_when_running(supervisor, first_polls_within)
@@ -126,7 +144,6 @@ async def _freeze_when_running(supervisor: Supervisor, first_polls_within: float
     await supervisor.started.wait()
     gc.collect()  # what is garbage now is not frozen with the rest
     gc.freeze()
-    gc.set_threshold(YOUNG_GENERATION, *gc.get_threshold()[1:])
     try:
         async with asyncio.timeout(first_polls_within):
             await supervisor.polled_once.wait()

@@ -1,11 +1,13 @@
 """``relay run`` takes what start-up made out of the garbage collector's reach once it runs, and
-what the first polls made once every account has polled once (or after a bound)."""
+what the first polls made once every account has polled once (or after a bound); its process
+collects the youngest generation less often and hands the GIL over sooner (tune_interpreter)."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
 import logging
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -13,7 +15,7 @@ from typing import Any, Literal
 
 import pytest
 
-from relay.runtime.runner import YOUNG_GENERATION, freeze_gc
+from relay.runtime.runner import SWITCH_INTERVAL, YOUNG_GENERATION, freeze_gc, tune_interpreter
 from relay.sim.simulator import SimulatedWebFones
 from relay.store.sqlite.store import SqliteStore
 from tests.helpers import GENEROUS, KEY_A, make_settings
@@ -68,18 +70,28 @@ async def test_start_up_objects_are_frozen_once_the_relay_runs() -> None:
     await asyncio.wait_for(task, GENEROUS)
 
 
-async def test_the_young_generation_is_collected_less_often_once_the_relay_runs() -> None:
-    gc.set_threshold(700, 10, 10)  # CPython's defaults
+def test_a_relay_process_collects_its_young_generation_less_often_and_switches_sooner() -> None:
+    interval = sys.getswitchinterval()
+    try:
+        gc.set_threshold(700, 10, 10)  # CPython's defaults
+        sys.setswitchinterval(0.005)
+        tune_interpreter()
+        assert gc.get_threshold() == (YOUNG_GENERATION, 10, 10)
+        assert sys.getswitchinterval() == pytest.approx(SWITCH_INTERVAL)
+        assert SWITCH_INTERVAL < 0.005 and YOUNG_GENERATION > 700
+    finally:
+        sys.setswitchinterval(interval)
+
+
+async def test_freezing_leaves_the_thresholds_alone() -> None:
+    gc.set_threshold(700, 10, 10)
     supervisor = fake_supervisor()
     task = freeze_gc(supervisor)
-    await asyncio.sleep(0)
-    assert gc.get_threshold() == (700, 10, 10), "nothing changes before the relay runs"
     supervisor.started.set()
     await asyncio.wait_for(supervisor.polled_once.awaited.wait(), GENEROUS)
-    assert gc.get_threshold() == (YOUNG_GENERATION, 10, 10)
     supervisor.polled_once.set()
     await asyncio.wait_for(task, GENEROUS)
-    assert gc.get_threshold() == (YOUNG_GENERATION, 10, 10)
+    assert gc.get_threshold() == (700, 10, 10)
 
 
 async def test_what_the_first_polls_made_is_frozen_once_every_account_polled(
