@@ -42,18 +42,22 @@ _PLAIN_MAX = 500
 # Plain for both mrkdwn (no & < >) and JSON (no quote, backslash or control character).
 _PLAIN = re.compile(rf'[^&<>"\\\x00-\x1f]{{0,{_PLAIN_MAX}}}')
 
+# The message is filled in as bytes: each piece is UTF-8 on its own (the repeating ones once, in
+# their cache), which gives the bytes of the whole text encoded, without formatting a wide
+# string of ~600 characters and encoding it again (an arrow makes the whole text UCS-2).
 _MESSAGE = (
-    '{"text":"%s%s","blocks":[{"type":"section","text":{"type":"mrkdwn","text":"*%s*%s"},'
-    '"fields":[%s%s%s%s%s%s]},{"type":"context","elements":[{"type":"mrkdwn","text":"%s"}]}]}'
+    b'{"text":"%s%s","blocks":[{"type":"section","text":{"type":"mrkdwn","text":"*%s*%s"},'
+    b'"fields":[%s%s%s%s%s%s]},{"type":"context","elements":[{"type":"mrkdwn","text":"%s"}]}]}'
 )
 _FROM = '{"type":"mrkdwn","text":"*From*\\n%s"},'
 _TO = '{"type":"mrkdwn","text":"*To*\\n%s"},'
 _DIRECTION = {
-    d: '{"type":"mrkdwn","text":"*Direction*\\n' + d + '"}'
+    d: b'{"type":"mrkdwn","text":"*Direction*\\n' + d.encode() + b'"}'
     for d in ("inbound", "outbound", "internal", "unknown")
 }
+_TITLES = {title: title.encode() for title in ("Missed call", "Call", *_KINDS.values())}
 _STATUS = ',{"type":"mrkdwn","text":"*Status*\\n%s"}'
-_DURATION = ',{"type":"mrkdwn","text":"*Duration*\\n%s"}'
+_DURATION = b',{"type":"mrkdwn","text":"*Duration*\\n%s"}'
 _STARTED_OPEN = ',{"type":"mrkdwn","text":"*Started*\\n'
 _STARTED = _STARTED_OPEN + '%s"}'
 
@@ -63,19 +67,19 @@ _STARTED = _STARTED_OPEN + '%s"}'
 _CACHE_MAX = 4096
 # What a lookup gives for a key it does not hold (compared by identity: entries are built at
 # run time, never this object).
-_UNSEEN = ("", "", "")
-_NO_TEXTS = ("", "")
+_UNSEEN = ("", b"", b"")
+_NO_TEXTS = (b"", "")
 # A party: (label, its From field, its To field). A name: the name, if plain.
-Entry = tuple[str, str, str]
+Entry = tuple[str, bytes, bytes]
 K = TypeVar("K")
 V = TypeVar("V")
 _OUTSIDE: dict[tuple[str, str, str | None], Entry | None] = {}
 _INSIDE: dict[tuple[str, str | None, str | None], Entry | None] = {}
 _NAMES: dict[str, str | None] = {}
 # The disposition as the view has it: (its Status field, what is said after the headline).
-_DISPOSITIONS: dict[str, tuple[str, str] | None] = {}
+_DISPOSITIONS: dict[str, tuple[bytes, str] | None] = {}
 _ACCOUNTS: dict[str, str | None] = {}  # account -> its cleaned footer text
-_SPOKEN: dict[int, tuple[str, str]] = {}  # seconds -> (mm:ss, the Duration field)
+_SPOKEN: dict[int, tuple[str, bytes]] = {}  # seconds -> (mm:ss, the Duration field)
 # (call_timestamp to the minute, zone) -> (", HH:MM", the Started field before the seconds,
 # after them): only for hours with one UTC offset, where every second is written alike.
 _MINUTES: dict[tuple[str, ZoneInfo], tuple[str, str, str]] = {}
@@ -104,10 +108,12 @@ def render_slack_record(
     seconds = record.get("billsec")
     if type(seconds) is not int or seconds <= 0:
         seconds = _seconds(seconds) or _seconds(record.get("duration"))
-    spoken = duration = ""
+    spoken = ""
+    duration = b""
     if seconds:
         spoken, duration = _SPOKEN.get(seconds) or _spoken(seconds)
-    status = said = ""
+    status = b""
+    said = ""
     if disposition:
         texts = _DISPOSITIONS.get(disposition, _NO_TEXTS)
         if texts is _NO_TEXTS:
@@ -125,11 +131,17 @@ def render_slack_record(
     rid = record.get("rid")
     if type(rid) is int or _rid(record) is not None:
         foot = f"{foot} · rid {rid}"
-    fields = (caller[1], callee[2], _DIRECTION[direction], status, duration, started)
     try:
-        return (_MESSAGE % (title, rest, title, rest, *fields, foot)).encode()
+        # The rest, the start and the footer are new on every call; a lone surrogate in one
+        # cannot be encoded (the cached pieces were checked when they were made).
+        pieces = (rest.encode(), started.encode(), foot.encode())
     except UnicodeEncodeError:
-        return None  # a lone surrogate: the plain path's dumps() knows what to do with it
+        return None  # the plain path's dumps() knows what to do with it
+    head = _TITLES[title]
+    return _MESSAGE % (
+        head, pieces[0], head, pieces[0],
+        caller[1], callee[2], _DIRECTION[direction], status, duration, pieces[1], pieces[2],
+    )  # fmt: skip
 
 
 def _when(value: object, tz: ZoneInfo) -> tuple[str, str]:
@@ -215,9 +227,14 @@ def _party_texts(
     return _entry(label, fact) if _PLAIN.fullmatch(label) and _PLAIN.fullmatch(fact) else None
 
 
-def _entry(label: str, fact: str) -> Entry:
+def _entry(label: str, fact: str) -> Entry | None:
     # An empty number fact is left out of the fields, as the summary leaves it out.
-    return (label, _FROM % fact, _TO % fact) if fact else (label, "", "")
+    if not fact:
+        return (label, b"", b"")
+    try:
+        return (label, (_FROM % fact).encode(), (_TO % fact).encode())
+    except UnicodeEncodeError:
+        return None  # a lone surrogate: not plain
 
 
 def _name_text(name: str) -> str | None:
@@ -230,12 +247,15 @@ def _name_text(name: str) -> str | None:
     return shown
 
 
-def _disposition_texts(disposition: str) -> tuple[str, str] | None:
+def _disposition_texts(disposition: str) -> tuple[bytes, str] | None:
     shown = clean(disposition)
     said = shown.lower()
     texts = None
     if _PLAIN.fullmatch(shown) and _PLAIN.fullmatch(said):
-        texts = (_STATUS % shown if shown else "", said)
+        try:
+            texts = ((_STATUS % shown).encode() if shown else b"", said)
+        except UnicodeEncodeError:
+            texts = None  # a lone surrogate: not plain
     if len(_DISPOSITIONS) >= _CACHE_MAX:
         _DISPOSITIONS.clear()
     _DISPOSITIONS[disposition] = texts
@@ -251,9 +271,9 @@ def _account_text(account: str) -> str | None:
     return foot
 
 
-def _spoken(seconds: int) -> tuple[str, str]:
+def _spoken(seconds: int) -> tuple[str, bytes]:
     text = mmss(seconds) or ""
     if len(_SPOKEN) >= _CACHE_MAX:
         _SPOKEN.clear()
-    _SPOKEN[seconds] = hit = (text, _DURATION % text)
+    _SPOKEN[seconds] = hit = (text, _DURATION % text.encode())
     return hit
